@@ -1,0 +1,5 @@
+"""`python -m ddpm_lesion ...` is the same as the `ddpm-lesion` console command."""
+
+from ddpm_lesion.cli import main
+
+raise SystemExit(main())
