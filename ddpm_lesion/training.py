@@ -1,0 +1,361 @@
+"""Fine-tuning a pretrained DDPM with Accelerate: the configuration and the loop.
+
+The loop reads top to bottom: set up (run folder, data, model, optimizer, resume), then
+for each optimizer step draw the micro-batches, check the loss is finite on every rank,
+step, update the EMA, log, and checkpoint. Data selection, loss, checkpoint format and
+logging live in their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import DDIMScheduler, DDPMPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ddpm_lesion import batching, checkpoints, tracking
+from ddpm_lesion.config import config_differences, load_yaml, option, save_config, to_plain_dict
+from ddpm_lesion.data import load_training_images
+from ddpm_lesion.errors import UserError
+from ddpm_lesion.fileio import remove_stale_temps, replace_dir, write_bytes_atomic, write_text_atomic
+from ddpm_lesion.grids import make_grid
+from ddpm_lesion.labels import parse_filter
+from ddpm_lesion.losses import augment, diffusion_loss
+from ddpm_lesion.model import check_resolution, load_noise_scheduler, load_unet
+
+CONFIG_FILE = "train_config.yaml"
+
+
+class MixedPrecision(str, Enum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+@dataclass
+class TrainConfig:
+    """Options of `train_ddpm.py` (flag names follow diffusers' `train_unconditional.py`)."""
+
+    # Data
+    train_data_dir: Path | None = option(None, "Folder of training images (searched recursively; .jpg/.jpeg/.png/.bmp/.tif).")
+    labels_csv: Path | None = option(None, "Labels CSV (ISIC 2016-2020, HAM10000 or a one-column image_name list; format auto-detected).")
+    label_filter: list[str] = option([], "Keep rows where COLUMN=VALUE, e.g. target=1 or dx=mel (repeatable; all must match).", metavar="COLUMN=VALUE")
+    id_column: str | None = option(None, "CSV column holding image ids (default: detected from the format).")
+    dataset_name: str | None = option(None, "A Hugging Face `datasets` dataset (hub id or local folder) instead of --train_data_dir.")
+    dataset_config_name: str | None = option(None, "Config name of --dataset_name.")
+    image_column: str = option("image", "Image column of --dataset_name.")
+    cache_dir: Path | None = option(None, "Where decoded, resized images and downloads are cached.")
+    resolution: int = option(64, "Training resolution in pixels: images are resized (shorter side) and centre-cropped to it.")
+    random_flip: bool = option(True, "Randomly flip images horizontally (dermoscopy has no canonical orientation).")
+    # Model
+    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
+    revision: str | None = option(None, "Hub revision of the pretrained model.")
+    # Optimisation
+    output_dir: Path | None = option(None, "Run folder: checkpoints, samples, logs, the final EMA pipeline.")
+    seed: int = option(0, "Seed for data order, noise, timesteps and augmentation: same seed, same run.")
+    train_batch_size: int = option(16, "Images per device per micro-batch.")
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.")
+    num_epochs: int = option(100, "Passes over the data (ignored when --max_train_steps is set).")
+    max_train_steps: int | None = option(None, "Total optimizer steps (overrides --num_epochs).")
+    learning_rate: float = option(1e-5, "Peak learning rate; low because this fine-tunes a pretrained model.")
+    lr_scheduler: str = option("cosine", "LR schedule.", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
+    lr_warmup_steps: int = option(100, "Linear warm-up steps.")
+    adam_beta1: float = option(0.95, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_weight_decay: float = option(1e-6, "AdamW weight decay.")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    use_ema: bool = option(False, "Keep an exponential moving average of the weights and publish it.")
+    ema_inv_gamma: float = option(1.0, "EMA warm-up inv_gamma.")
+    ema_power: float = option(0.75, "EMA warm-up power (3/4 suits runs under ~100k steps).")
+    ema_max_decay: float = option(0.9999, "EMA maximum decay.")
+    mixed_precision: MixedPrecision | None = option(None, "Mixed precision (default: what `accelerate config` says).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+    max_bad_steps: int = option(10, "Stop after this many consecutive steps with a NaN/Inf loss (each is skipped).")
+    # Checkpoints, logging, samples
+    checkpointing_steps: int = option(500, "Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = option(None, "Keep only the newest N checkpoints.")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder; 'latest' starts fresh if there is none yet.")
+    overwrite_output_dir: bool = option(False, "Start over in an --output_dir that already holds a run.")
+    save_images_steps: int = option(500, "Save and log a grid of samples every N steps (and at the end).")
+    num_sample_images: int = option(16, "Images in each sample grid.")
+    sample_inference_steps: int = option(25, "DDIM steps for the sample grids.")
+    report_to: str = option("none", "Tracker for metrics and sample grids.", choices=["none", "wandb", "tensorboard"])
+    tracker_project_name: str = option("ddpm-lesion", "wandb project / tensorboard run name.")
+    logging_dir: str = option("logs", "Tracker folder, relative to --output_dir.")
+    dry_run: bool = option(False, "Check the data and print the resolved configuration, then exit.")
+
+
+# Settings a resumed run must share with the run it continues; the rest (how long, how
+# often to save or log) may change between invocations.
+RESUME_INVARIANT = ["train_data_dir", "labels_csv", "label_filter", "id_column", "dataset_name", "resolution",
+                    "random_flip", "pretrained_model_name_or_path", "seed", "train_batch_size",
+                    "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "use_ema",
+                    "mixed_precision"]
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.output_dir is None:
+        raise UserError("--output_dir is required: the run folder for checkpoints, samples and the final model.")
+    if cfg.pretrained_model_name_or_path is None:
+        raise UserError("--pretrained_model_name_or_path is required (a hub id such as google/ddpm-ema-imagenet-64 "
+                        "or a folder written by save_pretrained).")
+    if cfg.train_data_dir is None and cfg.dataset_name is None:
+        raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
+    for expr in cfg.label_filter:
+        parse_filter(expr)
+
+
+def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
+    """Refuse to mix two different runs in one folder; say which settings differ."""
+    run = cfg.output_dir
+    saved = run / CONFIG_FILE
+    if saved.is_file() and not cfg.overwrite_output_dir:
+        if cfg.resume_from_checkpoint is None:
+            raise UserError(f"{run} already holds a training run. Add --resume_from_checkpoint latest to continue "
+                            "it, --overwrite_output_dir to start over there, or choose another --output_dir.")
+        diffs = config_differences(load_yaml(saved), to_plain_dict(cfg), RESUME_INVARIANT)
+        if diffs:
+            raise UserError(f"cannot resume the run in {run}: these settings differ from {saved}: "
+                            + "; ".join(diffs) + ". Use the original values or a new --output_dir.")
+    if is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run)
+        save_config(cfg, saved)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so Ctrl-C or a
+    scheduler's pre-emption signal ends in a final checkpoint instead of lost work."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """True on every rank if any rank was signalled, so all of them checkpoint together."""
+        flag = torch.tensor([0.0 if self.signal is None else 1.0], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.gather(flag)
+        return bool(flag.max() > 0)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+def sample_grid(unet: torch.nn.Module, scheduler_config: dict, num_images: int, steps: int, seed: int):
+    """A fixed-seed grid from the current weights, the same noise every time, so grids
+    from different steps are directly comparable."""
+    pipe = DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    images = pipe(batch_size=num_images, generator=generator, num_inference_steps=steps, output_type="pil").images
+    return make_grid(images, ncols=math.ceil(math.sqrt(num_images)))
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a fine-tune; returns the run folder, which then loads with
+    `DDPMPipeline.from_pretrained(run)`."""
+    validate(cfg)
+    run = cfg.output_dir
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision.value if cfg.mixed_precision else None,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / cfg.logging_dir)),
+    )
+    say = accelerator.print
+    say(f"ddpm-lesion: training on {accelerator.num_processes} process(es), device {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}")
+    if not cfg.dry_run:
+        prepare_run_dir(cfg, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+
+    # Data: decoded once, cached, validated, then kept on the device as uint8.
+    images, report, _ = load_training_images(
+        cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
+        cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
+        main_process_first=accelerator.main_process_first,
+    )
+    say(report.to_text())
+    if cfg.dry_run:
+        say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
+        return run
+    if accelerator.is_main_process:
+        write_text_atomic(run / "data_report.txt", report.to_text() + "\n")
+        write_text_atomic(run / "data_report.json", json.dumps(report.to_dict(), indent=2))
+    images = images.to(accelerator.device)
+
+    # Model, noise schedule, optimizer.
+    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
+    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
+    check_resolution(unet, cfg.resolution)
+    unet.register_to_config(sample_size=cfg.resolution)  # pipelines then generate at the trained size
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet = unet.to(accelerator.device, memory_format=torch.channels_last)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
+                   power=cfg.ema_power, foreach=True) if cfg.use_ema else None
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                                  fused=accelerator.device.type == "cuda")
+    per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
+                                         cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_train_steps or per_epoch * cfg.num_epochs
+    # Accelerate steps a prepared LR scheduler once per process per optimizer step.
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    state = checkpoints.TrainerState()
+    if cfg.resume_from_checkpoint:
+        path = checkpoints.find_checkpoint(run, cfg.resume_from_checkpoint)
+        if path is None:
+            say(f"no checkpoint in {run} yet: starting a fresh run")
+        else:
+            state = checkpoints.load_checkpoint(accelerator, path, unet, ema)
+            say(f"resumed from {path} at step {state.global_step}")
+    metrics = tracking.MetricsLog(run / "metrics.csv")
+    if accelerator.is_main_process:
+        metrics.truncate_after(state.global_step)
+        if cfg.report_to != "none":
+            accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
+            tracking.log_text(accelerator, "data_report", report.to_text())
+
+    say(f"{len(images)} images, {per_epoch} steps per epoch, {max_steps} steps "
+        f"(batch {cfg.train_batch_size} x {accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation)")
+    stop = StopRequest()
+    progress = tqdm(total=max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
+                    desc="training", unit="step", dynamic_ncols=True)
+    started, first_step = time.perf_counter(), state.global_step
+    while state.global_step < max_steps:
+        loss, grad_norm, finite = train_step(cfg, accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
+                                             images, state.global_step)
+        state.global_step += 1
+        if finite:
+            state.consecutive_bad_steps = 0
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+        else:
+            state.skipped_steps += 1
+            state.consecutive_bad_steps += 1
+            if state.consecutive_bad_steps >= cfg.max_bad_steps:
+                raise UserError(
+                    f"training stopped at step {state.global_step}: {state.consecutive_bad_steps} steps in a row had a "
+                    "NaN/Inf loss or gradient (each was skipped; no NaN weights were saved). Likely causes: the "
+                    "learning rate is too high (try --learning_rate 1e-5), fp16 overflow (use --mixed_precision bf16 "
+                    "or no), or broken input data (see data_report.txt). Resume from the last good checkpoint with "
+                    "--resume_from_checkpoint latest after fixing it.")
+        row = {"step": state.global_step, "epoch": f"{state.global_step / per_epoch:.4f}", "loss": f"{loss:.6g}",
+               "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "grad_norm": f"{grad_norm:.6g}",
+               "skipped_steps": state.skipped_steps}
+        images_per_sec = ((state.global_step - first_step) * cfg.train_batch_size * accelerator.num_processes
+                          * cfg.gradient_accumulation_steps / (time.perf_counter() - started))
+        if accelerator.is_main_process:
+            metrics.append(row)
+        accelerator.log({"loss": loss, "lr": float(row["lr"]), "grad_norm": grad_norm,
+                         "images_per_sec": images_per_sec, "skipped_steps": state.skipped_steps},
+                        step=state.global_step)
+        progress.update(1)
+        progress.set_postfix(loss=row["loss"], lr=row["lr"], img_s=f"{images_per_sec:.1f}")
+
+        done = state.global_step >= max_steps
+        stopping = stop.requested(accelerator)
+        if done or stopping or state.global_step % cfg.checkpointing_steps == 0:
+            path = checkpoints.save_checkpoint(accelerator, run, state, accelerator.unwrap_model(unet), ema,
+                                               noise_scheduler, cfg.checkpoints_total_limit)
+            if accelerator.is_main_process:
+                tracking.plot_loss(metrics, run / "loss.png")
+            progress.write(f"saved {path}")
+        if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
+            save_samples(cfg, accelerator, unet, ema, noise_scheduler, state.global_step)
+        if stopping and not done:
+            progress.close()
+            raise UserError(f"interrupted by signal {stop.signal} at step {state.global_step}; the checkpoint is "
+                            f"saved. Rerun the same command with --resume_from_checkpoint latest to continue.")
+    progress.close()
+
+    if accelerator.is_main_process:
+        publish_final(run, max_steps)
+        say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
+            f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
+    accelerator.end_training()
+    return run
+
+
+def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
+               images: torch.Tensor, step: int) -> tuple[float, float, bool]:
+    """One optimizer step over `gradient_accumulation_steps` micro-batches.
+
+    The loss of every micro-batch is gathered from all ranks *before* backward: if any
+    rank sees NaN/Inf, every rank skips the backward pass and the update together (a
+    rank that skipped alone would deadlock DDP's gradient all-reduce).
+    """
+    losses, finite = [], True
+    for micro in range(cfg.gradient_accumulation_steps):
+        micro_step = step * cfg.gradient_accumulation_steps + micro
+        index = batching.micro_batch_indices(len(images), cfg.train_batch_size, micro_step, accelerator.process_index,
+                                             accelerator.num_processes, cfg.seed)
+        generator = batching.micro_batch_generator(cfg.seed, micro_step, accelerator.process_index)
+        clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
+        clean = clean.contiguous(memory_format=torch.channels_last)
+        with accelerator.accumulate(unet):
+            loss = diffusion_loss(unet, noise_scheduler, clean, generator)
+            all_losses = accelerator.gather(loss.detach().reshape(1))
+            if not torch.isfinite(all_losses).all():
+                finite = False
+                continue
+            losses.append(all_losses.mean().item())
+            accelerator.backward(loss)
+    grad_norm = float("nan")
+    if finite:
+        grad_norm = float(accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm))
+        finite = math.isfinite(grad_norm)
+        # fp16's GradScaler must see overflowing steps (it skips them and lowers the
+        # scale); without a scaler a non-finite gradient must never reach AdamW.
+        if finite or accelerator.scaler is not None:
+            optimizer.step()
+            finite = finite and not optimizer.step_was_skipped
+    optimizer.zero_grad(set_to_none=True)
+    lr_scheduler.step()
+    loss = sum(losses) / len(losses) if finite and losses else float("nan")
+    return loss, grad_norm, finite
+
+
+def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel | None, noise_scheduler,
+                 step: int) -> None:
+    exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema)
+    grid = sample_grid(exported, noise_scheduler.config, cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed)
+    write_bytes_atomic(cfg.output_dir / "samples" / f"step-{step:07d}.png", tracking.png_bytes(grid))
+    tracking.log_image(accelerator, "samples", grid, step)
+
+
+def publish_final(run: Path, step: int) -> None:
+    """Copy the last checkpoint's pipeline to the top of the run folder, diffusers'
+    convention, writing `model_index.json` last so its presence means complete."""
+    source = run / f"{checkpoints.CHECKPOINT_PREFIX}{step}" / checkpoints.PIPELINE_SUBDIR
+    for sub in ("unet", "scheduler"):
+        tmp = run / f".{sub}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source / sub, tmp)
+        replace_dir(tmp, run / sub)
+    write_text_atomic(run / "model_index.json", (source / "model_index.json").read_text(encoding="utf-8"))
