@@ -29,6 +29,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
+from ddpm_lesion.conditioning import save_class_names
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import replace_dir, write_text_atomic
 from ddpm_lesion.model import CHECKPOINT_PREFIX, PIPELINE_SUBDIR, list_checkpoints
@@ -56,8 +57,10 @@ def export_unet(unet: UNet2DModel, ema: EMAModel | None) -> UNet2DModel:
     return exported.float()
 
 
-def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, folder: Path) -> None:
+def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, folder: Path, class_names: list[str] | None = None) -> None:
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    if class_names is not None:
+        save_class_names(folder, class_names)
 
 
 def check_finite(unet: UNet2DModel) -> None:
@@ -71,7 +74,8 @@ def check_finite(unet: UNet2DModel) -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, unet: UNet2DModel,
-                    ema: EMAModel | None, scheduler: DDPMScheduler, total_limit: int | None) -> Path:
+                    ema: EMAModel | None, scheduler: DDPMScheduler, total_limit: int | None,
+                    class_names: list[str] | None = None) -> Path:
     """Write `checkpoint-STEP` atomically on every process; returns its path."""
     final = run_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
     tmp = run_dir / f".{final.name}.tmp"
@@ -85,7 +89,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
         if accelerator.is_main_process:
-            save_pipeline(exported, scheduler, tmp / PIPELINE_SUBDIR)
+            save_pipeline(exported, scheduler, tmp / PIPELINE_SUBDIR, class_names)
             state.ema = _ema_scalars(ema)
             write_text_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))
     except (OSError, UserError) as err:

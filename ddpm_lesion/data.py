@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import datasets
 import numpy as np
@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, open_rgb
-from ddpm_lesion.labels import LabelTable, filter_rows, find_images, read_labels, resolve_ids
+from ddpm_lesion.labels import LabelTable, as_number, filter_rows, find_images, read_labels, resolve_ids
 
 # Bump when preprocessing changes in a way that alters pixels, so old caches are not reused.
 _PREPROCESS_VERSION = 1
@@ -91,6 +91,13 @@ class DataReport:
         return asdict(self)
 
 
+class TrainingImages(NamedTuple):
+    pixels: torch.Tensor  # uint8 [N, 3, R, R]
+    report: DataReport
+    names: list[str]  # source of each image, in tensor order
+    classes: list[str] | None  # class of each image when `class_column` was given
+
+
 def load_training_images(
     train_data_dir: Path | None,
     labels_csv: Path | None,
@@ -102,7 +109,8 @@ def load_training_images(
     image_column: str = "image",
     cache_dir: Path | None = None,
     main_process_first: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> tuple[torch.Tensor, DataReport, list[str]]:
+    class_column: str | None = None,
+) -> TrainingImages:
     """Load, check and preprocess the training images.
 
     Args:
@@ -118,16 +126,23 @@ def load_training_images(
         cache_dir: where preprocessed images are cached (default `~/.cache/ddpm_lesion`).
         main_process_first: with `accelerate launch`, pass `accelerator.main_process_first`
             so one process writes the cache and the others then read it.
+        class_column: for one class-conditional model, the CSV column whose value is each
+            image's class (e.g. ``dx``), or comma-separated one-hot columns
+            (e.g. ``MEL,NV,BCC``: the class is the column holding 1).
 
     Returns:
-        uint8 tensor [N, 3, resolution, resolution], the report, and the source name of
-        each image in tensor order (path relative to the folder, or ``dataset[index]``).
+        uint8 tensor [N, 3, resolution, resolution], the report, the source name of
+        each image in tensor order (path relative to the folder, or ``dataset[index]``),
+        and each image's class (None without `class_column`).
 
     Raises:
         UserError: bad option combination, unreadable source, or no usable image.
     """
     _check_options(train_data_dir, labels_csv, label_filters, resolution, dataset_name)
+    if class_column is not None and labels_csv is None:
+        raise UserError(f"--class_column {class_column} needs --labels_csv: the classes are read from its rows.")
     failure: Exception | None = None
+    classes_by_name: dict[str, str] | None = None
     with main_process_first():
         # An error must leave this block normally before it is raised: accelerate's
         # main_process_first has a barrier after the main process's turn, and a main
@@ -137,14 +152,17 @@ def load_training_images(
                 sources, report, key = _hub_sources(dataset_name, dataset_config_name, image_column)
             else:
                 assert train_data_dir is not None  # _check_options guarantees one source
-                sources, report, key = _folder_sources(Path(train_data_dir), labels_csv, label_filters, id_column)
+                sources, report, key, classes_by_name = _folder_sources(
+                    Path(train_data_dir), labels_csv, label_filters, id_column, class_column)
             cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
             processed = _preprocess(sources, resolution, cache_root / f"images-{_cache_key(key, resolution)}.arrow")
         except Exception as err:
             failure = err
     if failure is not None:
         raise failure
-    return _collect(processed, report, resolution)
+    pixels, report, names = _collect(processed, report, resolution)
+    classes = None if classes_by_name is None else [classes_by_name[n] for n in names]
+    return TrainingImages(pixels, report, names, classes)
 
 
 def resize_and_crop(image: Image.Image, resolution: int) -> Image.Image:
@@ -184,8 +202,9 @@ def _check_options(
 
 
 def _folder_sources(
-    folder: Path, labels_csv: Path | None, label_filters: list[tuple[str, str]], id_column: str | None
-) -> tuple[datasets.Dataset, DataReport, dict[str, Any]]:
+    folder: Path, labels_csv: Path | None, label_filters: list[tuple[str, str]], id_column: str | None,
+    class_column: str | None = None,
+) -> tuple[datasets.Dataset, DataReport, dict[str, Any], dict[str, str] | None]:
     if not folder.is_dir():
         raise UserError(f"--train_data_dir {folder} does not exist or is not a folder. Check the path.")
     index = find_images(folder)
@@ -194,6 +213,7 @@ def _folder_sources(
             f"--train_data_dir {folder} contains no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)}, "
             "any letter case). Check the path."
         )
+    classes_by_name = None
     if labels_csv is None:
         files = sorted(path for paths in index.values() for path in paths)
         report = DataReport(source=str(folder), rows=len(files), found=len(files))
@@ -202,6 +222,10 @@ def _folder_sources(
         selected = filter_rows(table, label_filters)
         matched = resolve_ids(folder, table.ids(selected), index)
         files = [path for _, path in matched.found]
+        if class_column is not None:
+            row_of = dict(zip(table.ids(selected), selected))
+            classes_by_name = {_relative(path, folder): row_class(table, row_of[image_id], class_column)
+                               for image_id, path in matched.found}
         report = DataReport(
             source=f"{folder} (labels: {table.path})",
             rows=len(selected),
@@ -221,7 +245,25 @@ def _folder_sources(
     names = [_relative(path, folder) for path in files]
     sources = datasets.Dataset.from_dict({"name": names, "image": [str(p) for p in files]})
     key = {"files": [[str(p.resolve()), *_stat(p)] for p in files], "names": names}
-    return sources.cast_column("image", datasets.Image(decode=False)), report, key
+    return sources.cast_column("image", datasets.Image(decode=False)), report, key, classes_by_name
+
+
+def row_class(table: LabelTable, row: int, class_column: str) -> str:
+    """The class of one CSV row: a column's value (``dx``) or, for comma-separated one-hot
+    columns (``MEL,NV,...``), the name of the column that holds 1."""
+    columns = [c.strip() for c in class_column.split(",")]
+    unknown = [c for c in columns if c not in table.columns]
+    if unknown:
+        raise UserError(f"--class_column: {table.path} has no column {unknown[0]!r}; its columns are "
+                        f"{', '.join(table.columns)}.")
+    values = table.rows[row]
+    if len(columns) == 1:
+        return values[columns[0]]
+    hot = [c for c in columns if as_number(values[c]) == 1.0]
+    if len(hot) != 1:
+        raise UserError(f"{table.path} line {table.line_numbers[row]}: expected exactly one of {', '.join(columns)} "
+                        f"to be 1 (one-hot), found {len(hot)}. Fix the row or choose other --class_column columns.")
+    return hot[0]
 
 
 def _hub_sources(

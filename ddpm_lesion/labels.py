@@ -313,13 +313,14 @@ def _values_match(table_format: CsvFormat, cell: str, wanted: str) -> bool:
     if table_format is CsvFormat.ISIC2016:
         cell = _ISIC2016_CLASSES.get(cell.lower(), cell)
         wanted = _ISIC2016_CLASSES.get(wanted.lower(), wanted)
-    cell_number, wanted_number = _as_number(cell), _as_number(wanted)
+    cell_number, wanted_number = as_number(cell), as_number(wanted)
     if cell_number is not None and wanted_number is not None:
         return cell_number == wanted_number
     return cell == wanted
 
 
-def _as_number(text: str) -> float | None:
+def as_number(text: str) -> float | None:
+    """A cell as a number (`1`, `1.0`, `True` -> 1.0), or None for text."""
     if _NUMBER.match(text):
         return float(text)
     return _BOOLEANS.get(text.lower())

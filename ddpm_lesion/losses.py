@@ -14,10 +14,11 @@ from diffusers import DDPMScheduler
 
 
 def diffusion_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Mean-squared denoising error for a batch of images in [-1, 1].
 
-    All randomness comes from `generator` (a CPU generator, so the draws are the same
+    `class_labels` (with the null label where dropped) conditions a class-conditional
+    UNet; unconditional UNets are called without it. All randomness comes from `generator` (a CPU generator, so the draws are the same
     on every device type) which makes a step a pure function of its inputs.
     """
     batch = clean.shape[0]
@@ -33,7 +34,8 @@ def diffusion_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, clean: torch
         target = scheduler.get_velocity(clean, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-    prediction = unet(noisy, timesteps).sample
+    conditioning = {} if class_labels is None else {"class_labels": class_labels}
+    prediction = unet(noisy, timesteps, **conditioning).sample
     return F.mse_loss(prediction.float(), target.float())
 
 

@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
-from diffusers import DDIMScheduler, DDPMPipeline
+from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm_lesion import batching, checkpoints, tracking
+from ddpm_lesion.conditioning import add_class_embedding, drop_labels, load_class_names, save_class_names
 from ddpm_lesion.config import config_differences, load_yaml, option, save_config, to_plain_dict
 from ddpm_lesion.data import load_training_images
 from ddpm_lesion.errors import UserError
@@ -34,6 +36,7 @@ from ddpm_lesion.grids import make_grid
 from ddpm_lesion.labels import parse_filter
 from ddpm_lesion.losses import augment, diffusion_loss
 from ddpm_lesion.model import check_resolution, load_noise_scheduler, load_unet
+from ddpm_lesion.sampling import denoise, image_generators, initial_noise, make_scheduler
 
 CONFIG_FILE = "train_config.yaml"
 
@@ -59,6 +62,8 @@ class TrainConfig:
     cache_dir: Path | None = option(None, "Where decoded, resized images and downloads are cached.")
     resolution: int = option(64, "Training resolution in pixels: images are resized (shorter side) and centre-cropped to it.")
     random_flip: bool = option(True, "Randomly flip images horizontally (dermoscopy has no canonical orientation).")
+    class_column: str | None = option(None, "Train ONE class-conditional model: the CSV column holding each image's class (e.g. dx), or comma-separated one-hot columns (e.g. MEL,NV,BCC).")
+    label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
     # Model
     pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
     revision: str | None = option(None, "Hub revision of the pretrained model.")
@@ -101,7 +106,7 @@ class TrainConfig:
 # Settings a resumed run must share with the run it continues; the rest (how long, how
 # often to save or log) may change between invocations.
 RESUME_INVARIANT = ["train_data_dir", "labels_csv", "label_filter", "id_column", "dataset_name", "resolution",
-                    "random_flip", "pretrained_model_name_or_path", "seed", "train_batch_size",
+                    "random_flip", "class_column", "label_dropout", "pretrained_model_name_or_path", "seed", "train_batch_size",
                     "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "use_ema",
                     "mixed_precision"]
 
@@ -161,14 +166,18 @@ class StopRequest:
         self.signal = signum
 
 
-def sample_grid(unet: torch.nn.Module, scheduler_config: dict, num_images: int, steps: int, seed: int):
-    """A fixed-seed grid from the current weights, the same noise every time, so grids
-    from different steps are directly comparable."""
-    pipe = DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(scheduler_config))
-    pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(seed)
-    images = pipe(batch_size=num_images, generator=generator, num_inference_steps=steps, output_type="pil").images
-    return make_grid(images, ncols=math.ceil(math.sqrt(num_images)))
+def sample_grid(unet: UNet2DModel, scheduler_config: dict, num_images: int, steps: int, seed: int,
+                class_names: list[str] | None) -> Image.Image:
+    """A fixed-seed DDIM grid from the current weights, with the same noise every time so
+    grids from different steps are comparable; for a conditional model, row r shows
+    class r (cycling), guided with scale 1 (plain conditional prediction)."""
+    ncols = math.ceil(math.sqrt(num_images))
+    noise = initial_noise(image_generators(seed, range(num_images)), (3, unet.config.sample_size, unet.config.sample_size))
+    labels = None
+    if class_names is not None:
+        labels = torch.tensor([(i // ncols) % len(class_names) for i in range(num_images)])
+    pixels = denoise(unet, make_scheduler("ddim", scheduler_config), noise, [], steps, class_labels=labels)
+    return make_grid(list(pixels.numpy()), ncols=ncols)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -190,11 +199,14 @@ def train(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
 
     # Data: decoded once, cached, validated, then kept on the device as uint8.
-    images, report, _ = load_training_images(
+    images, report, _, classes = load_training_images(
         cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
         cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
-        main_process_first=accelerator.main_process_first,
+        main_process_first=accelerator.main_process_first, class_column=cfg.class_column,
     )
+    class_names = sorted(set(classes)) if classes is not None else None
+    if class_names is not None:
+        report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
     say(report.to_text())
     if cfg.dry_run:
         say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
@@ -203,11 +215,15 @@ def train(cfg: TrainConfig) -> Path:
         write_text_atomic(run / "data_report.txt", report.to_text() + "\n")
         write_text_atomic(run / "data_report.json", json.dumps(report.to_dict(), indent=2))
     images = images.to(accelerator.device)
+    labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
+              if class_names is not None else None)
 
     # Model, noise schedule, optimizer.
     unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
     noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
     check_resolution(unet, cfg.resolution)
+    if class_names is not None:
+        unet = add_class_embedding(unet, len(class_names))
     unet.register_to_config(sample_size=cfg.resolution)  # pipelines then generate at the trained size
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -249,7 +265,7 @@ def train(cfg: TrainConfig) -> Path:
     started, first_step = time.perf_counter(), state.global_step
     while state.global_step < max_steps:
         loss, grad_norm, finite = train_step(cfg, accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
-                                             images, state.global_step)
+                                             images, labels, state.global_step)
         state.global_step += 1
         if finite:
             state.consecutive_bad_steps = 0
@@ -282,12 +298,12 @@ def train(cfg: TrainConfig) -> Path:
         stopping = stop.requested(accelerator)
         if done or stopping or state.global_step % cfg.checkpointing_steps == 0:
             path = checkpoints.save_checkpoint(accelerator, run, state, accelerator.unwrap_model(unet), ema,
-                                               noise_scheduler, cfg.checkpoints_total_limit)
+                                               noise_scheduler, cfg.checkpoints_total_limit, class_names)
             if accelerator.is_main_process:
                 tracking.plot_loss(metrics, run / "loss.png")
             progress.write(f"saved {path}")
         if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
-            save_samples(cfg, accelerator, unet, ema, noise_scheduler, state.global_step)
+            save_samples(cfg, accelerator, unet, ema, noise_scheduler, state.global_step, class_names)
         if stopping and not done:
             progress.close()
             raise UserError(f"interrupted by signal {stop.signal} at step {state.global_step}; the checkpoint is "
@@ -303,7 +319,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
-               images: torch.Tensor, step: int) -> tuple[float, float, bool]:
+               images: torch.Tensor, labels: torch.Tensor | None, step: int) -> tuple[float, float, bool]:
     """One optimizer step over `gradient_accumulation_steps` micro-batches.
 
     The loss of every micro-batch is gathered from all ranks *before* backward: if any
@@ -318,8 +334,12 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
         generator = batching.micro_batch_generator(cfg.seed, micro_step, accelerator.process_index)
         clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
         clean = clean.contiguous(memory_format=torch.channels_last)
+        class_labels = None
+        if labels is not None:
+            null = accelerator.unwrap_model(unet).config.num_class_embeds - 1
+            class_labels = drop_labels(labels[index.to(labels.device)], cfg.label_dropout, null, generator)
         with accelerator.accumulate(unet):
-            loss = diffusion_loss(unet, noise_scheduler, clean, generator)
+            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels)
             all_losses = accelerator.gather(loss.detach().reshape(1))
             if not torch.isfinite(all_losses).all():
                 finite = False
@@ -342,9 +362,10 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
 
 
 def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel | None, noise_scheduler,
-                 step: int) -> None:
+                 step: int, class_names: list[str] | None) -> None:
     exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema)
-    grid = sample_grid(exported, noise_scheduler.config, cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed)
+    grid = sample_grid(exported, noise_scheduler.config, cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed,
+                       class_names)
     write_bytes_atomic(cfg.output_dir / "samples" / f"step-{step:07d}.png", tracking.png_bytes(grid))
     tracking.log_image(accelerator, "samples", grid, step)
 
@@ -358,4 +379,7 @@ def publish_final(run: Path, step: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source / sub, tmp)
         replace_dir(tmp, run / sub)
+    class_names = load_class_names(source)
+    if class_names is not None:
+        save_class_names(run, class_names)
     write_text_atomic(run / "model_index.json", (source / "model_index.json").read_text(encoding="utf-8"))

@@ -64,7 +64,7 @@ def load(
     **kwargs: object,
 ) -> tuple[torch.Tensor, DataReport, list[str]]:
     """`load_training_images` with the test's cache folder and no --id_column."""
-    return load_training_images(folder, csv, filters or [], None, resolution, cache_dir=tmp_path / "cache", **kwargs)
+    return load_training_images(folder, csv, filters or [], None, resolution, cache_dir=tmp_path / "cache", **kwargs)[:3]
 
 
 class CountingOpen:
