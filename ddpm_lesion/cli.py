@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ddpm_lesion.evaluate",
         "Are the synthetic images good, diverse and not copies of the training images?",
     ),
+    "utility": ("ddpm_lesion.utility", "Does adding the synthetic images improve a classifier on real held-out patients?"),
 }
 
 

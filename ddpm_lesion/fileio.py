@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
+# mkstemp creates files readable by their owner only; finished files get the usual
+# permissions (0666 minus the umask), like any file the user's tools write.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -27,6 +32,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
