@@ -23,7 +23,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 PIPELINE_SUBDIR = "pipeline"
 
 
-def _load_error(name: str, err: Exception, what: str) -> UserError:
+def _load_error(name: str, err: Exception, what: str, consequence: str = "") -> UserError:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     where = (f"'{name}' is a folder, but it holds no {what}" if Path(name).is_dir()
              else f"'{name}' is neither a local folder nor a model in the Hugging Face cache"
@@ -32,7 +32,7 @@ def _load_error(name: str, err: Exception, what: str) -> UserError:
         f"could not load the {what} from {where}. Pass a folder written by `save_pretrained` "
         f"(it has model_index.json or config.json) or a hub id that is already in the cache "
         f"(`huggingface-cli download {name}` on a machine with internet). "
-        f"Nothing was trained from random weights. Details: {type(err).__name__}: {err}"
+        f"{consequence}Details: {type(err).__name__}: {err}"
     )
 
 
@@ -50,7 +50,7 @@ def load_unet(name_or_path: str, revision: str | None = None) -> UNet2DModel:
     try:
         return UNet2DModel.from_pretrained(name_or_path, subfolder=subfolder, revision=revision)
     except (OSError, ValueError) as err:
-        raise _load_error(name_or_path, err, "UNet2DModel") from None
+        raise _load_error(name_or_path, err, "UNet2DModel", "Nothing was trained from random weights. ") from None
 
 
 def load_noise_scheduler(name_or_path: str, revision: str | None = None) -> DDPMScheduler:

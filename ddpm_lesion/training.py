@@ -30,6 +30,7 @@ from ddpm_lesion import batching, checkpoints, tracking
 from ddpm_lesion.conditioning import add_class_embedding, drop_labels, load_class_names, save_class_names
 from ddpm_lesion.config import config_differences, load_yaml, option, save_config, to_plain_dict
 from ddpm_lesion.data import load_training_images
+from ddpm_lesion.distributed import check_process_count, use_cpu
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import remove_stale_temps, replace_dir, write_bytes_atomic, write_text_atomic
 from ddpm_lesion.grids import make_grid
@@ -63,6 +64,7 @@ class TrainConfig:
     resolution: int = option(64, "Training resolution in pixels: images are resized (shorter side) and centre-cropped to it.")
     random_flip: bool = option(True, "Randomly flip images horizontally (dermoscopy has no canonical orientation).")
     class_column: str | None = option(None, "Train ONE class-conditional model: the CSV column holding each image's class (e.g. dx), or comma-separated one-hot columns (e.g. MEL,NV,BCC).")
+    class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
     label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
     # Model
     pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
@@ -144,6 +146,17 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
         save_config(cfg, saved)
 
 
+def parameter_groups(unet: UNet2DModel, cfg: TrainConfig) -> list[dict]:
+    """The pretrained weights at the fine-tuning rate; a newly added class embedding, which
+    starts from zero and must be learned from scratch, at `--class_embedding_lr`."""
+    new = [p for n, p in unet.named_parameters() if n.startswith("class_embedding.")]
+    pretrained = [p for n, p in unet.named_parameters() if not n.startswith("class_embedding.")]
+    groups = [{"params": pretrained}]
+    if new:
+        groups.append({"params": new, "lr": cfg.class_embedding_lr, "weight_decay": 0.0})
+    return groups
+
+
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so Ctrl-C or a
     scheduler's pre-emption signal ends in a final checkpoint instead of lost work."""
@@ -172,11 +185,12 @@ def sample_grid(unet: UNet2DModel, scheduler_config: dict, num_images: int, step
     grids from different steps are comparable; for a conditional model, row r shows
     class r (cycling), guided with scale 1 (plain conditional prediction)."""
     ncols = math.ceil(math.sqrt(num_images))
-    noise = initial_noise(image_generators(seed, range(num_images)), (3, unet.config.sample_size, unet.config.sample_size))
+    generators = image_generators(seed, range(num_images))
+    noise = initial_noise(generators, (3, unet.config.sample_size, unet.config.sample_size))
     labels = None
     if class_names is not None:
         labels = torch.tensor([(i // ncols) % len(class_names) for i in range(num_images)])
-    pixels = denoise(unet, make_scheduler("ddim", scheduler_config), noise, [], steps, class_labels=labels)
+    pixels = denoise(unet, make_scheduler("ddim", scheduler_config), noise, generators, steps, class_labels=labels)
     return make_grid(list(pixels.numpy()), ncols=ncols)
 
 
@@ -186,11 +200,13 @@ def train(cfg: TrainConfig) -> Path:
     validate(cfg)
     run = cfg.output_dir
     accelerator = Accelerator(
+        cpu=use_cpu(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision.value if cfg.mixed_precision else None,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / cfg.logging_dir)),
     )
+    check_process_count(accelerator.num_processes)
     say = accelerator.print
     say(f"ddpm-lesion: training on {accelerator.num_processes} process(es), device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}")
@@ -230,7 +246,7 @@ def train(cfg: TrainConfig) -> Path:
     unet = unet.to(accelerator.device, memory_format=torch.channels_last)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
                    power=cfg.ema_power, foreach=True) if cfg.use_ema else None
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    optimizer = torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
                                   fused=accelerator.device.type == "cuda")
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,

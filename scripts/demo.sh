@@ -17,7 +17,7 @@ echo "== 1/3 fine-tune (demo/data, class target=1) =="
 
 echo "== 2/3 generate =="
 "$PY" sample_ddpm.py --model_dir runs/demo --num_images 64 --output_dir out/demo \
-  --scheduler dpmsolver++ --num_inference_steps 20 --batch_size 32 --seed 0
+  --scheduler ddim --num_inference_steps 25 --batch_size 32 --seed 0
 
 echo "== 3/3 audit: quality, diversity, copies =="
 "$PY" -m ddpm_lesion evaluate --real demo/data/images --real_csv demo/data/labels.csv --label_filter target=1 \

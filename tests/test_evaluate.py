@@ -122,14 +122,11 @@ def test_leaks_into_the_real_set_are_reported(folders):
     assert any(w.startswith("real: 1 image(s) are marked synthetic=true") for w in result["warnings"])
 
 
-def test_report_to_wandb_offline(folders, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_report_to_wandb_offline(folders, tmp_path, wandb_dir):
     code = main(["evaluate", "--real", str(folders["real"]), "--synthetic", str(folders["synthetic"]),
                  "--output_dir", str(tmp_path / "r"), "--features", "pixels", "--report_to", "wandb", *FAST])
     assert code == 0
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (run_dir,) = wandb_dir.glob("offline-run-*")
     # wandb's service process may still be flushing the run file after finish() returns.
     deadline = time.monotonic() + 30
     while True:

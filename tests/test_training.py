@@ -181,10 +181,10 @@ def test_nan_steps_are_skipped_then_the_run_stops_without_saving_nan(tmp_path, m
 def test_disk_error_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
     real = checkpoints.save_pipeline
 
-    def failing(unet, scheduler, folder):
+    def failing(unet, scheduler, folder, class_names=None):
         if "checkpoint-4" in str(folder):
             raise OSError(28, "No space left on device")
-        real(unet, scheduler, folder)
+        real(unet, scheduler, folder, class_names)
 
     monkeypatch.setattr(checkpoints, "save_pipeline", failing)
     with pytest.raises(UserError, match="No space left on device.*checkpoint-2 is intact"):
@@ -268,12 +268,9 @@ def test_hub_id_loads_offline_from_a_prefilled_cache(tmp_path, monkeypatch):
     assert load_noise_scheduler("lab/tiny-ddpm").config.num_train_timesteps == 1000
 
 
-def test_wandb_offline_logging(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_wandb_offline_logging(tmp_path, wandb_dir):
     train(make_cfg(tmp_path, "--report_to", "wandb", "--save_images_steps", "2", steps=2))
-    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    runs = list(wandb_dir.glob("offline-run-*"))
     assert runs and list(runs[0].rglob("*.wandb"))
     media = list(runs[0].rglob("samples_*.png"))
     assert media, "sample grid was not logged"
