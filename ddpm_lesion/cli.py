@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Are the synthetic images good, diverse and not copies of the training images?",
     ),
     "utility": ("ddpm_lesion.utility", "Does adding the synthetic images improve a classifier on real held-out patients?"),
+    "balance": ("ddpm_lesion.balance", "Top up the rare classes of a labelled training set with synthetic images."),
+    "split": ("ddpm_lesion.split", "Patient-level train/val/test split of a labels CSV, stratified by class."),
 }
 
 

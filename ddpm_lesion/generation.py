@@ -98,7 +98,7 @@ def generate(cfg: SampleConfig) -> SampleSummary:
 
     # The main process plans while the others wait; the job's missing blocks are then dealt
     # out round-robin, so a resumed run is balanced however the earlier one was split.
-    job_size, todo = _plan_on_main_process(state, lambda: _plan(cfg, shard, layout, settings, state.print))
+    job_size, todo = run_on_main_process(state, lambda: _plan(cfg, shard, layout, settings, state.print))
     job_todo = sum(len(missing) for _, missing in todo)
     state.print(_header(cfg, source, settings, state, job_size, job_todo, layout))
 
@@ -174,7 +174,7 @@ def _sample_and_write(unet: UNet2DModel, scheduler: SchedulerMixin, work: list[t
             bar.update(len(missing))
 
 
-def _plan_on_main_process(state: PartialState, plan: Callable[[], T]) -> T:
+def run_on_main_process(state: PartialState, plan: Callable[[], T]) -> T:
     """Run `plan` on the main process and hand its result to every process. If it raises
     `UserError`, every process raises it: the others would otherwise wait forever."""
     result, error = None, None

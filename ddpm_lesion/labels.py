@@ -334,6 +334,17 @@ def _first(items: list[str]) -> str:
 # ------------------------------------------------------------------------ ids -> files
 
 
+# Columns that labels files written by this project add or that identify a patient.
+SYNTHETIC_COLUMN = "synthetic"
+GROUP_COLUMNS = ("patient_id", "lesion_id")
+
+
+def id_key(image_id: str) -> str:
+    """An id without folders or image extension, so `a/ISIC_1.jpg` and `ISIC_1` compare equal."""
+    name = PurePosixPath(image_id.strip().replace("\\", "/"))
+    return name.stem if name.suffix.lower() in IMAGE_EXTENSIONS else name.name
+
+
 def find_images(folder: Path) -> dict[str, list[Path]]:
     """Index every image under `folder` (recursively) by file stem, case preserved.
 

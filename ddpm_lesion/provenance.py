@@ -69,21 +69,21 @@ def encode_png(image: Image.Image, text: Mapping[str, str]) -> bytes:
     return buffer.getvalue()
 
 
-def read_png_text(path: Path) -> dict[str, str]:
-    """The text chunks of an image file ({} for formats without them). Raises
-    `PIL.UnidentifiedImageError` for files that are not images."""
-    with Image.open(path) as image:
+def read_png_text(source: Path | bytes) -> dict[str, str]:
+    """The text chunks of an image file or its bytes ({} for formats without them).
+    Raises `PIL.UnidentifiedImageError` for files that are not images."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         return {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def is_synthetic(path: str | Path) -> bool:
-    """True if the image at `path` says it was generated (`synthetic` = `true`).
+def is_synthetic(source: str | Path | bytes) -> bool:
+    """True if the image (a path, or a file's bytes) says it was generated (`synthetic` = `true`).
 
     Provenance lives in PNG text chunks; converting a PNG to another format drops it, so
     keep synthetic images as PNG."""
     try:
-        return read_png_text(Path(path)).get("synthetic") == "true"
-    except UnidentifiedImageError:
+        return read_png_text(source if isinstance(source, bytes) else Path(source)).get("synthetic") == "true"
+    except UnidentifiedImageError:  # not an image Pillow reads: the decoder reports why
         return False
 
 

@@ -131,19 +131,27 @@ def denoise(
         guidance_scale: classifier-free guidance weight for conditional models (see
             `ddpm_lesion.conditioning.guided_prediction`); 1 is the plain conditional output.
 
-    The loop reads nothing back from the device: timesteps live on the CPU (diffusers keeps
-    scheduler tables there) and the images are synchronised once, by the caller. The one
+    Speed without changing what is computed: the autocast context spans the whole loop, so
+    the network's weights are cast to `autocast_dtype` once per call rather than once per
+    step (autocast caches the casts while its context is open; the scheduler's arithmetic
+    is elementwise and not affected by it); the network sees channels_last inputs, the
+    layout oneDNN's and cuDNN's fastest convolutions use; and its timesteps are moved to
+    the device once, so a step never waits on the host.
+
+    The loop reads nothing back from the device: the scheduler keeps its own timestep
+    table on the CPU and the images are synchronised once, by the caller. The one
     host-to-device copy per step is DDPM's fresh noise, drawn from the CPU generators so an
     image's noise is the same on every machine.
     """
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(num_inference_steps)
     step_kwargs = {"generator": list(generators)} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    model_timesteps = scheduler.timesteps.to(noise.device)
     sample = noise * scheduler.init_noise_sigma
-    with torch.inference_mode():
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(sample, t)
-            with torch.autocast(noise.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                prediction = guided_prediction(unet, model_input, t, class_labels, guidance_scale)
+    with torch.inference_mode(), torch.autocast(noise.device.type, dtype=autocast_dtype or torch.float32,
+                                                enabled=autocast_dtype is not None):
+        for t, model_t in zip(scheduler.timesteps, model_timesteps):
+            model_input = scheduler.scale_model_input(sample, t).contiguous(memory_format=torch.channels_last)
+            prediction = guided_prediction(unet, model_input, model_t, class_labels, guidance_scale)
             sample = scheduler.step(prediction.float(), t, sample, **step_kwargs).prev_sample
         return to_uint8(sample)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
-from diffusers import UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
@@ -194,6 +194,70 @@ def sample_grid(unet: UNet2DModel, scheduler_config: dict, num_images: int, step
     return make_grid(list(pixels.numpy()), ncols=ncols)
 
 
+@dataclass
+class TrainingData:
+    images: torch.Tensor  # uint8 [N, 3, R, R] on the training device
+    labels: torch.Tensor | None  # class index per image, for a class-conditional run
+    class_names: list[str] | None
+
+
+def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
+    """Decode once (cached), validate, report, and keep the images on the device as uint8."""
+    images, report, _, classes = load_training_images(
+        cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
+        cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
+        main_process_first=accelerator.main_process_first, class_column=cfg.class_column,
+    )
+    class_names = sorted(set(classes)) if classes is not None else None
+    if class_names is not None:
+        report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
+    accelerator.print(report.to_text())
+    if accelerator.is_main_process and not cfg.dry_run:
+        write_text_atomic(cfg.output_dir / "data_report.txt", report.to_text() + "\n")
+        write_text_atomic(cfg.output_dir / "data_report.json", json.dumps(report.to_dict(), indent=2))
+        if cfg.report_to != "none":
+            accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
+            tracking.log_text(accelerator, "data_report", report.to_text())
+    labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
+              if class_names is not None else None)
+    return TrainingData(images.to(accelerator.device), labels, class_names)
+
+
+def build_model(cfg: TrainConfig, class_names: list[str] | None,
+                device: torch.device) -> tuple[UNet2DModel, DDPMScheduler, EMAModel | None]:
+    """The pretrained UNet (plus a class embedding for a conditional run), its noise
+    schedule, and the EMA of its weights."""
+    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
+    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
+    check_resolution(unet, cfg.resolution)
+    if class_names is not None:
+        unet = add_class_embedding(unet, len(class_names))
+    unet.register_to_config(sample_size=cfg.resolution)  # pipelines then generate at the trained size
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet = unet.to(device, memory_format=torch.channels_last)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
+                   power=cfg.ema_power, foreach=True) if cfg.use_ema else None
+    return unet, noise_scheduler, ema
+
+
+def record_step(state: checkpoints.TrainerState, finite: bool, max_bad_steps: int) -> None:
+    """Advance the step counter; count skipped (non-finite) steps and stop after too many in a row."""
+    state.global_step += 1
+    if finite:
+        state.consecutive_bad_steps = 0
+        return
+    state.skipped_steps += 1
+    state.consecutive_bad_steps += 1
+    if state.consecutive_bad_steps >= max_bad_steps:
+        raise UserError(
+            f"training stopped at step {state.global_step}: {state.consecutive_bad_steps} steps in a row had a "
+            "NaN/Inf loss or gradient (each was skipped; no NaN weights were saved). Likely causes: the "
+            "learning rate is too high (try --learning_rate 1e-5), fp16 overflow (use --mixed_precision bf16 "
+            "or no), or broken input data (see data_report.txt). Resume from the last good checkpoint with "
+            "--resume_from_checkpoint latest after fixing it.")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a fine-tune; returns the run folder, which then loads with
     `DDPMPipeline.from_pretrained(run)`."""
@@ -214,41 +278,15 @@ def train(cfg: TrainConfig) -> Path:
         prepare_run_dir(cfg, accelerator.is_main_process)
     accelerator.wait_for_everyone()
 
-    # Data: decoded once, cached, validated, then kept on the device as uint8.
-    images, report, _, classes = load_training_images(
-        cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
-        cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
-        main_process_first=accelerator.main_process_first, class_column=cfg.class_column,
-    )
-    class_names = sorted(set(classes)) if classes is not None else None
-    if class_names is not None:
-        report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
-    say(report.to_text())
+    data = load_data(cfg, accelerator)
     if cfg.dry_run:
         say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
         return run
-    if accelerator.is_main_process:
-        write_text_atomic(run / "data_report.txt", report.to_text() + "\n")
-        write_text_atomic(run / "data_report.json", json.dumps(report.to_dict(), indent=2))
-    images = images.to(accelerator.device)
-    labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
-              if class_names is not None else None)
-
-    # Model, noise schedule, optimizer.
-    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
-    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
-    check_resolution(unet, cfg.resolution)
-    if class_names is not None:
-        unet = add_class_embedding(unet, len(class_names))
-    unet.register_to_config(sample_size=cfg.resolution)  # pipelines then generate at the trained size
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet = unet.to(accelerator.device, memory_format=torch.channels_last)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
-                   power=cfg.ema_power, foreach=True) if cfg.use_ema else None
+    unet, noise_scheduler, ema = build_model(cfg, data.class_names, accelerator.device)
     optimizer = torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
                                   fused=accelerator.device.type == "cuda")
+    images, labels, class_names = data.images, data.labels, data.class_names
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
                                          cfg.gradient_accumulation_steps)
     max_steps = cfg.max_train_steps or per_epoch * cfg.num_epochs
@@ -269,9 +307,6 @@ def train(cfg: TrainConfig) -> Path:
     metrics = tracking.MetricsLog(run / "metrics.csv")
     if accelerator.is_main_process:
         metrics.truncate_after(state.global_step)
-        if cfg.report_to != "none":
-            accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
-            tracking.log_text(accelerator, "data_report", report.to_text())
 
     say(f"{len(images)} images, {per_epoch} steps per epoch, {max_steps} steps "
         f"(batch {cfg.train_batch_size} x {accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation)")
@@ -282,21 +317,9 @@ def train(cfg: TrainConfig) -> Path:
     while state.global_step < max_steps:
         loss, grad_norm, finite = train_step(cfg, accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
                                              images, labels, state.global_step)
-        state.global_step += 1
-        if finite:
-            state.consecutive_bad_steps = 0
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(unet).parameters())
-        else:
-            state.skipped_steps += 1
-            state.consecutive_bad_steps += 1
-            if state.consecutive_bad_steps >= cfg.max_bad_steps:
-                raise UserError(
-                    f"training stopped at step {state.global_step}: {state.consecutive_bad_steps} steps in a row had a "
-                    "NaN/Inf loss or gradient (each was skipped; no NaN weights were saved). Likely causes: the "
-                    "learning rate is too high (try --learning_rate 1e-5), fp16 overflow (use --mixed_precision bf16 "
-                    "or no), or broken input data (see data_report.txt). Resume from the last good checkpoint with "
-                    "--resume_from_checkpoint latest after fixing it.")
+        record_step(state, finite, cfg.max_bad_steps)
+        if finite and ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
         row = {"step": state.global_step, "epoch": f"{state.global_step / per_epoch:.4f}", "loss": f"{loss:.6g}",
                "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "grad_norm": f"{grad_norm:.6g}",
                "skipped_steps": state.skipped_steps}
@@ -330,7 +353,11 @@ def train(cfg: TrainConfig) -> Path:
         publish_final(run, max_steps)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
             f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
-    accelerator.end_training()
+    # Not `end_training()`: it also destroys the process group, which a caller such as
+    # `ddpm-lesion balance` still needs for sampling right after training.
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.wait_for_everyone()  # every rank returns only once the final model is on disk
     return run
 
 

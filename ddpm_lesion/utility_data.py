@@ -14,21 +14,18 @@ listed image must be found and decodable.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ddpm_lesion.data import resize_and_crop
 from ddpm_lesion.errors import UserError
-from ddpm_lesion.images import IMAGE_EXTENSIONS, ImageProblem, open_rgb
-from ddpm_lesion.labels import CsvFormat, LabelTable, filter_rows, find_images, parse_filter, read_labels, resolve_ids
+from ddpm_lesion.provenance import is_synthetic
+from ddpm_lesion.images import ImageProblem, open_rgb
+from ddpm_lesion.labels import GROUP_COLUMNS, SYNTHETIC_COLUMN, CsvFormat, LabelTable, id_key, filter_rows, find_images, parse_filter, read_labels, resolve_ids
 
-SYNTHETIC_COLUMN = "synthetic"
-GROUP_COLUMNS = ("patient_id", "lesion_id")
 """Columns naming who or what an image shows. A value in both sets means the classifier
 was tested on a patient (ISIC 2020) or a lesion (HAM10000) it was trained on."""
 
@@ -75,12 +72,6 @@ class UtilityData:
 def _listed(items: list[str]) -> str:
     more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
     return ", ".join(items[:_MAX_LISTED]) + more
-
-
-def id_key(image_id: str) -> str:
-    """An id without folders or image extension, so `a/ISIC_1.jpg` and `ISIC_1` compare equal."""
-    name = PurePosixPath(image_id.strip().replace("\\", "/"))
-    return name.stem if name.suffix.lower() in IMAGE_EXTENSIONS else name.name
 
 
 def choose_positive(table: LabelTable, positive: str | None) -> str:
@@ -171,15 +162,6 @@ def check_disjoint(train: LabelTable, test: LabelTable) -> list[str]:
     return compared
 
 
-def png_says_synthetic(data: bytes) -> bool:
-    """True when the file is a PNG whose text chunk `synthetic` is "true" (the sampler's mark)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return str(getattr(image, "text", {}).get(SYNTHETIC_COLUMN, "")).lower() == "true"
-    except Exception:  # not an image Pillow reads: open_rgb reports why
-        return False
-
-
 def _resolve(table: LabelTable, folder: Path, flag: str, rows: list[int]) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"{flag} {folder} does not exist or is not a folder. Check the path.")
@@ -204,7 +186,7 @@ def _decode(paths: list[Path], resolution: int) -> tuple[torch.Tensor, list[bool
         except ImageProblem as problem:
             raise UserError(f"Image {path} cannot be used: {problem}. Replace the file or remove its row.") from None
         pixels.append(np.asarray(resize_and_crop(image, resolution), dtype=np.uint8))
-        marked.append(png_says_synthetic(data))
+        marked.append(is_synthetic(data))
         digests.append(hashlib.sha256(data).hexdigest())
     return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(), marked, digests
 
@@ -213,8 +195,8 @@ def _load(table: LabelTable, labels: np.ndarray, synthetic: np.ndarray, folders:
           resolution: int) -> LabelledImages:
     """Resolve and decode every row, real rows from folders[False], synthetic from folders[True]."""
     order, files = [], []
-    for is_synthetic, (flag, folder) in folders.items():
-        rows = [i for i in range(len(table.rows)) if synthetic[i] == is_synthetic]
+    for row_synthetic, (flag, folder) in folders.items():
+        rows = [i for i in range(len(table.rows)) if synthetic[i] == row_synthetic]
         if rows:
             order += rows
             files += _resolve(table, folder, flag, rows)
