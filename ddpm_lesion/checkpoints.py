@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from ddpm_lesion.conditioning import save_class_names
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import replace_dir, write_text_atomic
-from ddpm_lesion.model import CHECKPOINT_PREFIX, PIPELINE_SUBDIR, list_checkpoints
+from ddpm_lesion.model import CHECKPOINT_PREFIX, PIPELINE_SUBDIR, list_checkpoints, read_best
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -118,11 +118,14 @@ def _ema_scalars(ema: EMAModel | None) -> dict | None:
 
 
 def rotate_checkpoints(run_dir: Path, total_limit: int | None) -> None:
-    """Keep the newest `total_limit` checkpoints (diffusers' `--checkpoints_total_limit`)."""
+    """Keep the newest `total_limit` checkpoints (diffusers' `--checkpoints_total_limit`),
+    and always the best-scoring one."""
     if total_limit is None:
         return
-    for _, path in list_checkpoints(run_dir)[:-total_limit]:
-        shutil.rmtree(path)
+    best = read_best(run_dir)
+    for step, path in list_checkpoints(run_dir)[:-total_limit]:
+        if best is None or step != best["step"]:
+            shutil.rmtree(path)
 
 
 def find_checkpoint(run_dir: Path, spec: str) -> Path | None:

@@ -83,6 +83,15 @@ def check_resolution(unet: UNet2DModel, resolution: int) -> None:
         )
 
 
+BEST_FILE = "best_checkpoint.json"
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """The checkpoint with the lowest validation KID so far (`ddpm_lesion.validation`)."""
+    path = Path(run_dir) / BEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete `checkpoint-STEP` folders of a run, oldest first. Half-written ones live
     under a temporary name and are never listed."""
@@ -99,7 +108,8 @@ def resolve_pipeline_dir(model_dir: str, checkpoint: str | None = None) -> str:
 
     `model_dir` may be a training run folder (its final EMA pipeline sits at the top, as
     diffusers' examples do; `checkpoint` = `latest` or a step picks an intermediate one),
-    any `DDPMPipeline` folder, or a hub id.
+    any `DDPMPipeline` folder, or a hub id. `best` is the checkpoint with the lowest
+    validation KID (see `ddpm_lesion.validation`).
     """
     path = Path(model_dir)
     if checkpoint is None:
@@ -112,10 +122,16 @@ def resolve_pipeline_dir(model_dir: str, checkpoint: str | None = None) -> str:
         raise UserError(f"--checkpoint {checkpoint}: {model_dir} holds no checkpoint-STEP folders.")
     if checkpoint == "latest":
         return str(checkpoints[-1][1] / PIPELINE_SUBDIR)
+    if checkpoint == "best":
+        best = read_best(path)
+        if best is None:
+            raise UserError(f"--checkpoint best: {model_dir} has no {BEST_FILE}; train with --validation_data_dir "
+                            "to score checkpoints, or use --checkpoint latest.")
+        checkpoint = str(best["step"])
     by_step = dict(checkpoints)
     if not checkpoint.isdigit() or int(checkpoint) not in by_step:
         raise UserError(f"--checkpoint {checkpoint}: not found in {model_dir}; "
-                        f"available: latest, {', '.join(str(s) for s in by_step)}.")
+                        f"available: latest, best, {', '.join(str(s) for s in by_step)}.")
     return str(by_step[int(checkpoint)] / PIPELINE_SUBDIR)
 
 

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,12 +33,15 @@ from ddpm_lesion.config import config_differences, load_yaml, option, save_confi
 from ddpm_lesion.data import load_training_images
 from ddpm_lesion.distributed import check_process_count, use_cpu
 from ddpm_lesion.errors import UserError
+from ddpm_lesion.features import FeatureSpace
 from ddpm_lesion.fileio import remove_stale_temps, replace_dir, write_bytes_atomic, write_text_atomic
 from ddpm_lesion.grids import make_grid
 from ddpm_lesion.labels import parse_filter
 from ddpm_lesion.losses import augment, diffusion_loss
 from ddpm_lesion.model import check_resolution, load_noise_scheduler, load_unet
 from ddpm_lesion.sampling import denoise, image_generators, initial_noise, make_scheduler
+from ddpm_lesion.validation import CheckpointValidator
+from ddpm_lesion.validation import record as record_validation
 
 CONFIG_FILE = "train_config.yaml"
 
@@ -91,6 +95,9 @@ class TrainConfig:
     mixed_precision: MixedPrecision | None = option(None, "Mixed precision (default: what `accelerate config` says).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
     max_bad_steps: int = option(10, "Stop after this many consecutive steps with a NaN/Inf loss (each is skipped).")
+    validation_data_dir: Path | None = option(None, "Held-out real images: at every checkpoint, KID of fixed-seed samples against them; the lowest marks the best checkpoint (sample it with --checkpoint best).")
+    validation_num_images: int = option(64, "Samples scored at each checkpoint with --validation_data_dir.")
+    validation_features: FeatureSpace = option(FeatureSpace.EFFICIENTNET, "Feature space of the checkpoint KID (efficientnet works offline).")
     # Checkpoints, logging, samples
     checkpointing_steps: int = option(500, "Save a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = option(None, "Keep only the newest N checkpoints.")
@@ -310,6 +317,13 @@ def train(cfg: TrainConfig) -> Path:
 
     say(f"{len(images)} images, {per_epoch} steps per epoch, {max_steps} steps "
         f"(batch {cfg.train_batch_size} x {accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation)")
+    validator = None
+    if cfg.validation_data_dir is not None and accelerator.is_main_process:
+        validator = CheckpointValidator(cfg.validation_data_dir, cfg.resolution, cfg.validation_num_images,
+                                        cfg.validation_features, cfg.sample_inference_steps, cfg.seed,
+                                        accelerator.device)
+        for warning in validator.warnings:
+            say(f"warning: {warning}")
     stop = StopRequest()
     progress = tqdm(total=max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
                     desc="training", unit="step", dynamic_ncols=True)
@@ -340,6 +354,10 @@ def train(cfg: TrainConfig) -> Path:
                                                noise_scheduler, cfg.checkpoints_total_limit, class_names)
             if accelerator.is_main_process:
                 tracking.plot_loss(metrics, run / "loss.png")
+                if validator is not None:
+                    validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
+                                        class_names, progress.write)
+                    checkpoints.rotate_checkpoints(run, cfg.checkpoints_total_limit)  # a new best frees the old one
             progress.write(f"saved {path}")
         if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
             save_samples(cfg, accelerator, unet, ema, noise_scheduler, state.global_step, class_names)
@@ -402,6 +420,19 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
     lr_scheduler.step()
     loss = sum(losses) / len(losses) if finite and losses else float("nan")
     return loss, grad_norm, finite
+
+
+def validate_checkpoint(validator: CheckpointValidator, accelerator: Accelerator, run: Path, unet,
+                        ema: EMAModel | None, noise_scheduler, step: int, class_names: list[str] | None,
+                        say: Callable[[str], None]) -> None:
+    """Score the just-saved weights (EMA when on) and keep track of the best checkpoint."""
+    exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema).to(accelerator.device)
+    score = validator.score(exported, noise_scheduler.config, step, len(class_names) if class_names else None)
+    best = record_validation(run, score)
+    accelerator.log({"validation/kid": score.kid, "validation/kid_ci_low": score.ci_low,
+                     "validation/kid_ci_high": score.ci_high}, step=step)
+    say(f"step {step}: KID ({score.feature_space}) {score.kid:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}]"
+        + (" - best so far" if best else ""))
 
 
 def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel | None, noise_scheduler,

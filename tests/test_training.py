@@ -274,3 +274,21 @@ def test_wandb_offline_logging(tmp_path, wandb_dir):
     assert runs and list(runs[0].rglob("*.wandb"))
     media = list(runs[0].rglob("samples_*.png"))
     assert media, "sample grid was not logged"
+
+
+def test_checkpoints_are_scored_by_kid_and_the_best_one_is_kept_and_sampleable(tmp_path):
+    from ddpm_lesion.model import load_pipeline, read_best
+
+    write_images(tmp_path / "heldout", 6, size=20, seed=9)
+    run = train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features",
+                         "pixels", "--validation_num_images", "6", "--checkpointing_steps", "1",
+                         "--checkpoints_total_limit", "1", steps=4))
+    rows = [r.split(",") for r in (run / "validation.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4] and all(r[4] == "pixels16" for r in rows)
+    kids = {int(r[0]): float(r[1]) for r in rows}
+    best = read_best(run)
+    assert best["step"] == min(kids, key=kids.get) and best["kid"] == pytest.approx(kids[best["step"]], rel=1e-4)
+    kept = {s for s, _ in checkpoints.list_checkpoints(run)}
+    assert kept == {4, best["step"]}  # the newest (limit 1) and the best survive rotation
+    _, source = load_pipeline(str(run), "best")
+    assert source.endswith(f"checkpoint-{best['step']}/pipeline")
