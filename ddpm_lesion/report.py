@@ -6,7 +6,6 @@ pictures go to Weights & Biases.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lesion.errors import UserError
+from ddpm_lesion.figures import figure_png, html_img, pyplot
 from ddpm_lesion.fileio import write_bytes_atomic, write_text_atomic
 from ddpm_lesion.grids import make_grid
 from ddpm_lesion.image_sets import ImageSet
@@ -34,25 +34,10 @@ def grid_png(pixels: np.ndarray, columns: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def _figure_png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def gallery_png(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> bytes:
     """The `GALLERY_PAIRS` closest synthetic/training pairs, closest first, each titled
     with its pixel distance and flagged when it is a near copy."""
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(audit.pixel_distance)[:GALLERY_PAIRS]
     columns = 4
     rows = -(-len(order) // columns)
@@ -68,15 +53,13 @@ def gallery_png(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> bytes
                                  color="red" if flag else "black")
         axes[r, 2 * c + 1].imshow(train.pixels[t])
         axes[r, 2 * c + 1].set_title(f"train\n{train.names[t][-18:]}", fontsize=7)
-    png = _figure_png(figure)
-    plt.close(figure)
-    return png
+    return figure_png(figure)
 
 
 def histogram_png(audit: CopyAudit, real_vs_train: np.ndarray | None) -> bytes:
     """Nearest-neighbour pixel distances: train-vs-train (the calibration), synthetic-vs-train
     and, when a held-out real set is given, real-vs-train, with the copy threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, ax = plt.subplots(figsize=(7, 3.5))
     series = [("train vs other train (calibration)", audit.train_nn_distance),
               ("synthetic vs train", audit.pixel_distance)]
@@ -90,9 +73,7 @@ def histogram_png(audit: CopyAudit, real_vs_train: np.ndarray | None) -> bytes:
     ax.set_xlabel("nearest-neighbour distance (1 - cos, 32x32 RGB, min over flips/rotations)")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
-    png = _figure_png(figure)
-    plt.close(figure)
-    return png
+    return figure_png(figure)
 
 
 def neighbours_csv(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> str:
@@ -129,10 +110,6 @@ def metrics_table_html(metrics: dict) -> str:
             "<th>N real / synthetic</th><th>notes</th></tr>" + "".join(rows) + "</table>")
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
 def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics["warnings"])
     inputs = "".join(
@@ -150,8 +127,8 @@ def report_html(metrics: dict, pictures: dict[str, bytes]) -> str:
             + (f"<p>Held-out real vs train, same test: {memo['real_vs_train']['n_near_copies']} of "
                f"{memo['real_vs_train']['n']} flagged (should be about 0; more means the real set overlaps the "
                "training set).</p>" if memo.get("real_vs_train") else "")
-            + "<h3>Closest synthetic / training pairs</h3>" + _img(pictures["nearest_neighbours.png"], "gallery")
-            + "<h3>Nearest-neighbour distances</h3>" + _img(pictures["nn_distances.png"], "histogram")
+            + "<h3>Closest synthetic / training pairs</h3>" + html_img(pictures["nearest_neighbours.png"], "gallery")
+            + "<h3>Nearest-neighbour distances</h3>" + html_img(pictures["nn_distances.png"], "histogram")
             + "<p>Per-image results: nearest_neighbours.csv</p>")
     else:
         memo_html = "<p>Not checked: no --train folder was given.</p>"
@@ -174,8 +151,8 @@ Precision/recall (Kynkäänniemi et al. 2019), coverage (Naeem et al. 2020): Wil
 images, which ignores the uncertainty of the k-NN radii. FID and density have no interval. Diversity: mean
 pairwise feature distance, synthetic vs real (ratio near 1 is good; far below 1 suggests mode collapse).</p>
 <h2>Real vs synthetic</h2><div class="side"><div><h3>Real ({metrics['inputs']['real']['n']})</h3>
-{_img(pictures['real_grid.png'], 'real')}</div><div><h3>Synthetic ({metrics['inputs']['synthetic']['n']})</h3>
-{_img(pictures['synthetic_grid.png'], 'synthetic')}</div></div>
+{html_img(pictures['real_grid.png'], 'real')}</div><div><h3>Synthetic ({metrics['inputs']['synthetic']['n']})</h3>
+{html_img(pictures['synthetic_grid.png'], 'synthetic')}</div></div>
 <h2>Memorisation</h2>{memo_html}
 </body></html>
 """

@@ -15,6 +15,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from PIL import Image
 
+from ddpm_lesion.figures import figure_png, pyplot
 from ddpm_lesion.fileio import write_bytes_atomic, write_text_atomic
 
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "skipped_steps"]
@@ -53,11 +54,6 @@ class MetricsLog:
 def plot_loss(metrics: MetricsLog, out: Path) -> None:
     """`loss.png`: raw loss and a smoothed curve, so a plateau or a blow-up is visible
     at a glance without opening the dashboard."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = metrics.read()
     if not rows:
         return
@@ -67,18 +63,14 @@ def plot_loss(metrics: MetricsLog, out: Path) -> None:
     for x in loss:
         value = 0.95 * value + 0.05 * x if x == x else value  # x == x skips NaN
         smooth.append(value)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6, 3.5), dpi=100)
     ax.plot(steps, loss, alpha=0.3, label="loss")
     ax.plot(steps, smooth, label="EMA(0.95)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("denoising MSE")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_bytes_atomic(out, buffer.getvalue())
+    write_bytes_atomic(out, figure_png(fig))
 
 
 def png_bytes(image: Image.Image) -> bytes:

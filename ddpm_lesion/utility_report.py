@@ -15,14 +15,14 @@ import numpy as np
 
 from ddpm_lesion import clf_metrics
 from ddpm_lesion.fileio import write_bytes_atomic, write_text_atomic
-from ddpm_lesion.report import _figure_png, _img, _pyplot
+from ddpm_lesion.figures import figure_png, html_img, pyplot
 
 _COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
 
 def roc_png(arms: list[str], y_true: np.ndarray, scores: np.ndarray, auc: dict[str, dict]) -> bytes:
     """One ROC curve per arm and repeat (thin lines of the arm's colour), legend = mean AUC [95% CI]."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, ax = plt.subplots(figsize=(5.5, 5))
     for a, (arm, colour) in enumerate(zip(arms, _COLOURS)):
         for r, repeat_scores in enumerate(scores[a]):
@@ -36,9 +36,7 @@ def roc_png(arms: list[str], y_true: np.ndarray, scores: np.ndarray, auc: dict[s
     ax.set_title(f"Real held-out test set: {int(y_true.sum())} positive, {int((1 - y_true).sum())} negative\n"
                  "one line per training seed", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    png = _figure_png(figure)
-    plt.close(figure)
-    return png
+    return figure_png(figure)
 
 
 def predictions_csv(arms: list[str], test_ids: list[str], y_true: np.ndarray, scores: np.ndarray) -> str:
@@ -116,7 +114,7 @@ interval, the same resamples for every arm; images, not patients, are resampled,
 test images this interval is somewhat too narrow) and the Student t-interval of the per-seed paired differences (which
 training seed was drawn). The exact sign-flip test is shown as a check that does not assume normality. Two
 comparisons are made at 95% each, without correction.</p>
-<h2>ROC curves</h2>{_img(roc, 'ROC curves')}
+<h2>ROC curves</h2>{html_img(roc, 'ROC curves')}
 <p>Raw test scores for every arm and seed: predictions.csv.</p>
 </body></html>
 """
