@@ -1,7 +1,6 @@
 r"""Generate synthetic lesion images from a fine-tuned DDPM (research use only).
 
-    accelerate launch sample_ddpm.py --model_dir runs/melanoma --num_images 5900 \
-        --output_dir out/melanoma --scheduler dpmsolver++ --num_inference_steps 20 --batch_size 64
+    accelerate launch sample_ddpm.py --model_dir runs/melanoma --num_images 5900 --output_dir out/melanoma
 
 Image i depends only on the model, --seed, i and the sampler settings (including
 --batch_size), so any split across processes (`accelerate launch`) or jobs (`--shard K/N`)

@@ -6,7 +6,8 @@ The steps, each in its own module: the main process checks the output folder
 still miss images; the processes deal those blocks out; each samples a block on its device
 (`sampling`) while worker threads encode and write the previous block's PNGs with their
 provenance (`provenance`); at the end the main process rebuilds the manifest and the
-preview grids from what is on disk.
+preview grids from what is on disk. Settings left on `auto` (batch size, precision) are
+resolved once, by the main process, before anything is planned (`autotune`).
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from diffusers import SchedulerMixin, UNet2DModel
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ddpm_lesion.autotune import auto_batch_size, bf16_is_fast
 from ddpm_lesion.conditioning import class_index, load_class_names, null_label
 from ddpm_lesion.config import to_plain_dict
 from ddpm_lesion.distributed import check_process_count, use_cpu
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import write_bytes_atomic
 from ddpm_lesion.model import load_pipeline, model_sha256
-from ddpm_lesion.output_folder import OutputLayout, finalize, prepare_output, remove_leftovers
+from ddpm_lesion.output_folder import OutputLayout, finalize, prepare_output, recorded_config, remove_leftovers
 from ddpm_lesion.provenance import encode_png, image_settings, png_text
-from ddpm_lesion.sample_config import RESUME_KEYS, MixedPrecision, ReportTo, SampleConfig, validate
+from ddpm_lesion.sample_config import RESUME_KEYS, CompileMode, MixedPrecision, ReportTo, SampleConfig, validate
 from ddpm_lesion.sampling import denoise, image_generators, initial_noise, make_scheduler
 from ddpm_lesion.sharding import Shard, block_indices, num_blocks, parse_shard, shard_blocks
 
@@ -89,21 +91,30 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     class_idx = _class_to_generate(cfg, unet, source)
     shape = _image_shape(unet)
     size = _output_size(shape, cfg.output_size)
-    settings = image_settings(model_sha256=model_sha256(unet), seed=cfg.seed, scheduler=cfg.scheduler.value,
+    sha256 = model_sha256(unet)
+    unet = unet.to(state.device, memory_format=torch.channels_last)
+    layout = OutputLayout(cfg.output_dir, cfg.prefix)
+    guided = class_idx is not None and cfg.guidance_scale != 1.0
+    cfg, auto_notes = run_on_main_process(
+        state, lambda: resolve_auto(cfg, None if cfg.overwrite else recorded_config(layout), unet, shape,
+                                    state.device, guided))
+    settings = image_settings(model_sha256=sha256, seed=cfg.seed, scheduler=cfg.scheduler.value,
                               steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
-                              mixed_precision=cfg.mixed_precision.value, native_size=(shape[2], shape[1]), size=size,
+                              mixed_precision=cfg.mixed_precision.value, torch_compile=cfg.torch_compile.value,
+                              native_size=(shape[2], shape[1]), size=size,
                               class_label=None if class_idx is None else cfg.class_label,
                               guidance_scale=cfg.guidance_scale)
-    layout = OutputLayout(cfg.output_dir, cfg.prefix)
 
     # The main process plans while the others wait; the job's missing blocks are then dealt
     # out round-robin, so a resumed run is balanced however the earlier one was split.
     job_size, todo = run_on_main_process(state, lambda: _plan(cfg, shard, layout, settings, state.print))
     job_todo = sum(len(missing) for _, missing in todo)
-    state.print(_header(cfg, source, settings, state, job_size, job_todo, layout))
+    state.print(_header(cfg, source, settings, state, job_size, job_todo, layout, auto_notes))
+    if cfg.torch_compile is not CompileMode.NO:
+        unet.compile(mode=cfg.torch_compile.value)
 
     start = time.perf_counter()
-    _sample_and_write(unet.to(state.device), scheduler, todo[state.process_index::state.num_processes],
+    _sample_and_write(unet, scheduler, todo[state.process_index::state.num_processes],
                       cfg=cfg, layout=layout, settings=settings, shape=shape, size=size, class_idx=class_idx,
                       state=state)
     state.wait_for_everyone()
@@ -117,18 +128,58 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     return summary
 
 
+def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2DModel, shape: tuple[int, int, int],
+                 device: torch.device, guided: bool) -> tuple[SampleConfig, list[str]]:
+    """`cfg` with its automatic settings made concrete, and a log line for each.
+
+    A folder that already recorded a value (its `sample_config.yaml`) keeps it, so resuming
+    never depends on today's free memory or on which machine resumes. Shard jobs that start
+    at the same time may find no record yet and would each measure their own machine, so
+    they must agree on a batch size given explicitly.
+    """
+    recorded = recorded or {}
+    changes, notes = {}, []
+    if cfg.mixed_precision is MixedPrecision.AUTO:
+        if recorded.get("mixed_precision") in {p.value for p in MixedPrecision} - {MixedPrecision.AUTO.value}:
+            changes["mixed_precision"] = MixedPrecision(recorded["mixed_precision"])
+            notes.append(f"mixed precision {changes['mixed_precision'].value} (auto: as recorded in the folder)")
+        else:
+            native = bf16_is_fast(device)
+            changes["mixed_precision"] = MixedPrecision.BF16 if native else MixedPrecision.NO
+            notes.append(f"mixed precision {changes['mixed_precision'].value} (auto: this {device.type} has "
+                         f"{'native' if native else 'no native'} bf16)")
+    if cfg.batch_size is None:
+        if isinstance(recorded.get("batch_size"), int):
+            changes["batch_size"] = recorded["batch_size"]
+            notes.append(f"batch {changes['batch_size']} (auto: as recorded in the folder)")
+        elif cfg.shard is not None:
+            raise UserError("--shard needs an explicit --batch_size (the same for every shard job): an automatic "
+                            "one depends on each machine's free memory, and images made with different batch sizes "
+                            "differ.")
+        else:
+            precision = changes.get("mixed_precision", cfg.mixed_precision)
+            changes["batch_size"] = auto_batch_size(unet, shape, device, AUTOCAST_DTYPES[precision],
+                                                    rows_per_image=2 if guided else 1, ceiling=cfg.max_batch_size)
+            notes.append(f"batch {changes['batch_size']} (auto: {'free memory' if device.type == 'cuda' else 'CPU'}, "
+                         f"at most {cfg.max_batch_size})")
+    return dataclasses.replace(cfg, **changes), notes
+
+
 def _header(cfg: SampleConfig, source: str, settings: dict[str, str], state: PartialState, job_size: int,
-            job_todo: int, layout: OutputLayout) -> str:
+            job_todo: int, layout: OutputLayout, auto_notes: list[str]) -> str:
     """What is about to happen, for the log: model, sampler, processes, work left."""
     lines = [f"model: {source} (sha256 {settings['model_sha256'][:16]}...)"]
     sampler = (f"{cfg.scheduler.value}, {cfg.num_inference_steps} steps, batch {cfg.batch_size}, "
                f"mixed precision {cfg.mixed_precision.value}, {settings['native_resolution']} px")
+    if cfg.torch_compile is not CompileMode.NO:
+        sampler += f", torch.compile {cfg.torch_compile.value}"
     if "class_label" in settings:
         sampler += f", class {settings['class_label']} (guidance {settings['guidance_scale']})"
     if settings["resolution"] != settings["native_resolution"]:
         sampler += f", resized to {settings['resolution']}"
     threads = f" with {torch.get_num_threads()} CPU threads each" if state.device.type == "cpu" else ""
     lines.append(f"{sampler}; {state.num_processes} process(es) on {state.device}{threads}")
+    lines += [f"  {note}" for note in auto_notes]
     launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", cfg.mixed_precision.value)
     if launcher_precision != cfg.mixed_precision.value:
         lines.append(f"note: accelerate's mixed precision '{launcher_precision}' is not used; precision is part of "

@@ -102,13 +102,17 @@ def inspect_output(layout: OutputLayout) -> ExistingOutputs:
             continue  # sorted below
         ours = (path.name in files and path.is_file()) or _TEMP_NAME.fullmatch(path.name)
         (found.ours if ours else found.foreign).append(path)
-    if layout.config.is_file():
-        found.saved_config = load_yaml(layout.config)
+    found.saved_config = recorded_config(layout)
     for path in sorted(layout.grids.iterdir()) if layout.grids.is_dir() else []:
         (found.ours if _GRID_NAME.fullmatch(path.name) or _TEMP_NAME.fullmatch(path.name) else found.foreign).append(path)
     for path in sorted(layout.individual.iterdir()) if layout.individual.is_dir() else []:
         _sort_image_entry(path, layout, found)
     return found
+
+
+def recorded_config(layout: OutputLayout) -> dict[str, Any] | None:
+    """The options an earlier run saved in the folder (`sample_config.yaml`), if any."""
+    return load_yaml(layout.config) if layout.config.is_file() else None
 
 
 def _sort_image_entry(path: Path, layout: OutputLayout, found: ExistingOutputs) -> None:
@@ -140,7 +144,10 @@ def settings_differences(existing: ExistingOutputs, settings: Mapping[str, str],
     """Why the existing outputs cannot be resumed with these settings; [] if they can."""
     problems = []
     if existing.saved_config is not None:
-        lines = config_differences(existing.saved_config, dict(config), resume_keys)
+        # An option newer than the folder is missing from its record; the images' own
+        # metadata (checked next) still says whether they were made the same way.
+        recorded_keys = [k for k in resume_keys if k in existing.saved_config]
+        lines = config_differences(existing.saved_config, dict(config), recorded_keys)
         if lines:
             problems.append("sample_config.yaml: " + "; ".join(lines))
     made_with = Counter(tuple(text.get(k) for k in IDENTITY_KEYS) for text in existing.images.values())

@@ -15,9 +15,22 @@ from ddpm_lesion.sharding import parse_shard
 
 
 class MixedPrecision(str, enum.Enum):
+    """`auto` is resolved before sampling (`ddpm_lesion.autotune`): bf16 where the device runs it
+    natively, else no; the folder records the resolved value."""
+
+    AUTO = "auto"
     NO = "no"
     FP16 = "fp16"
     BF16 = "bf16"
+
+
+class CompileMode(str, enum.Enum):
+    """`torch.compile` modes for the network; `reduce-overhead` adds CUDA graphs on a GPU."""
+
+    NO = "no"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
+    MAX_AUTOTUNE = "max-autotune"
 
 
 class ReportTo(str, enum.Enum):
@@ -33,14 +46,27 @@ class SampleConfig:
                                           "'latest' or a step number.", metavar="latest|STEP")
     output_dir: Path | None = option(None, "Where individual/, grids/, manifest.csv and sample_config.yaml go.")
     num_images: int = option(5900, "How many images (indices 0 .. num_images-1).")
-    batch_size: int = option(64, "Images per network call. Part of an image's identity: float rounding depends "
-                                 "on the batch, so keep it fixed for a folder.")
-    scheduler: SchedulerName = option(SchedulerName.DPMSOLVER_PP, "Sampler, configured from the model's own "
-                                                                  "noise schedule.")
-    num_inference_steps: int = option(20, "Network calls per image (ddpm wants hundreds; ddim ~50; "
-                                          "dpmsolver++/unipc ~20).")
-    mixed_precision: MixedPrecision = option(MixedPrecision.NO, "Run the network under fp16/bf16 autocast "
-                                                                "(faster on GPUs; sampler arithmetic stays fp32).")
+    batch_size: int | None = option(None, "Images per network call (default: automatic -- on a GPU the largest power "
+                                          "of two that fits its free memory, up to --max_batch_size; on a CPU 16). "
+                                          "Part of an image's identity: float rounding depends on the batch, so a "
+                                          "folder records it and a resumed run reuses it.", metavar="N")
+    max_batch_size: int = option(256, "Ceiling of the automatic --batch_size.")
+    scheduler: SchedulerName = option(SchedulerName.DDPM, "Sampler, configured from the model's own noise "
+                                                          "schedule. The default is the one no faster sampler "
+                                                          "matched in KID on the demo models (BENCHMARKS.md); "
+                                                          "check a faster one on your model with "
+                                                          "bench/samplers.py before switching.")
+    num_inference_steps: int = option(50, "Network calls per image (ddpm: 50 measured as good as 100 on the demo "
+                                          "models; ddim ~50; dpmsolver++/unipc ~20 on well-trained models).")
+    mixed_precision: MixedPrecision = option(MixedPrecision.AUTO, "Run the network under fp16/bf16 autocast; the "
+                                                                  "sampler arithmetic stays fp32. auto: bf16 where "
+                                                                  "the device runs it natively (Ampere+ GPUs, CPUs "
+                                                                  "with AVX512-BF16/AMX), else no. The folder "
+                                                                  "records the resolved value.")
+    torch_compile: CompileMode = option(CompileMode.NO, "Compile the network with torch.compile in this mode "
+                                                        "(reduce-overhead: with CUDA graphs on a GPU). Pays off over "
+                                                        "thousands of images; the first batch waits for the "
+                                                        "compiler. Changes float rounding, so a folder keeps one mode.")
     class_label: str | None = option(None, "For a class-conditional model: the class to generate (a name from "
                                            "its class_labels.json).", metavar="NAME")
     guidance_scale: float = option(1.0, "Classifier-free guidance weight for a class-conditional model (Ho & "
@@ -59,8 +85,8 @@ class SampleConfig:
 
 
 # The options an image's pixels or name depend on; a folder may only be resumed with the same ones.
-RESUME_KEYS = ["seed", "scheduler", "num_inference_steps", "batch_size", "mixed_precision", "class_label",
-               "guidance_scale", "output_size", "prefix"]
+RESUME_KEYS = ["seed", "scheduler", "num_inference_steps", "batch_size", "mixed_precision", "torch_compile",
+               "class_label", "guidance_scale", "output_size", "prefix"]
 
 
 def validate(cfg: SampleConfig) -> None:
@@ -69,8 +95,8 @@ def validate(cfg: SampleConfig) -> None:
         raise UserError("--model_dir is required: a training run folder, a DDPMPipeline folder or a hub id.")
     if cfg.output_dir is None:
         raise UserError("--output_dir is required.")
-    for name in ("num_images", "batch_size", "num_inference_steps"):
-        if getattr(cfg, name) <= 0:
+    for name in ("num_images", "batch_size", "max_batch_size", "num_inference_steps"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}.")
     if cfg.guidance_scale < 0:
         raise UserError(f"--guidance_scale must be >= 0, got {cfg.guidance_scale}.")

@@ -35,11 +35,15 @@ class SchedulerName(str, enum.Enum):
     """Samplers offered by `--scheduler`. All read the model's training noise schedule;
     they differ in how many network calls they need for a clean image (Ho et al. 2020 DDPM
     needs hundreds; DDIM, Song et al. 2021, ~50; DPM-Solver++, Lu et al. 2022, and UniPC,
-    Zhao et al. 2023, ~20)."""
+    Zhao et al. 2023, ~20) and in whether they inject fresh noise at every step. DDPM and
+    SDE-DPM-Solver++ (the stochastic form of DPM-Solver++, Lu et al. 2022 sec. 5) do; the
+    fresh noise washes out part of the network's earlier errors, which is why they beat
+    the deterministic ODE solvers on a small or briefly trained model (BENCHMARKS.md)."""
 
     DDPM = "ddpm"
     DDIM = "ddim"
     DPMSOLVER_PP = "dpmsolver++"
+    SDE_DPMSOLVER_PP = "sde-dpmsolver++"
     UNIPC = "unipc"
 
 
@@ -48,6 +52,7 @@ _SCHEDULERS: dict[SchedulerName, tuple[type[SchedulerMixin], dict[str, Any]]] = 
     SchedulerName.DDPM: (DDPMScheduler, {}),
     SchedulerName.DDIM: (DDIMScheduler, {}),
     SchedulerName.DPMSOLVER_PP: (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    SchedulerName.SDE_DPMSOLVER_PP: (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     SchedulerName.UNIPC: (UniPCMultistepScheduler, {}),
 }
 

@@ -94,6 +94,8 @@ class TrainConfig:
     ema_max_decay: float = option(0.9999, "EMA maximum decay.")
     mixed_precision: MixedPrecision | None = option(None, "Mixed precision (default: what `accelerate config` says).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+    torch_compile: bool = option(False, "Compile the UNet with torch.compile: faster steps on a GPU once the first "
+                                        "step has waited for the compiler (minutes for a 100 M UNet).")
     max_bad_steps: int = option(10, "Stop after this many consecutive steps with a NaN/Inf loss (each is skipped).")
     validation_data_dir: Path | None = option(None, "Held-out real images: at every checkpoint, KID of fixed-seed samples against them; the lowest marks the best checkpoint (sample it with --checkpoint best).")
     validation_num_images: int = option(64, "Samples scored at each checkpoint with --validation_data_dir.")
@@ -243,9 +245,20 @@ def build_model(cfg: TrainConfig, class_names: list[str] | None,
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet = unet.to(device, memory_format=torch.channels_last)
+    if cfg.torch_compile:
+        unet.compile()  # in place: the module, its state_dict keys and its checkpoints stay as they are
     ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
                    power=cfg.ema_power, foreach=True) if cfg.use_ema else None
     return unet, noise_scheduler, ema
+
+
+def build_optimizer(cfg: TrainConfig, unet: UNet2DModel, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`. Its fused kernel (one pass over each weight per step)
+    exists for CUDA and, since torch 2.4, CPUs; on the bench CPU it steps 101 M weights 3x
+    faster than the default per-tensor loop."""
+    return torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def record_step(state: checkpoints.TrainerState, finite: bool, max_bad_steps: int) -> None:
@@ -290,9 +303,7 @@ def train(cfg: TrainConfig) -> Path:
         say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
         return run
     unet, noise_scheduler, ema = build_model(cfg, data.class_names, accelerator.device)
-    optimizer = torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
-                                  fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(cfg, unet, accelerator.device)
     images, labels, class_names = data.images, data.labels, data.class_names
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
                                          cfg.gradient_accumulation_steps)

@@ -89,7 +89,7 @@ def test_layout_provenance_manifest_and_grids(reference, model):
 
     text = read_png_text(reference / "individual" / "synthetic_000007.png")
     assert text["synthetic"] == "true" and text["generator"].startswith("ddpm-lesion ")
-    assert (text["index"], text["seed"], text["scheduler"], text["steps"]) == ("7", "0", "dpmsolver++", "3")
+    assert (text["index"], text["seed"], text["scheduler"], text["steps"]) == ("7", "0", "ddpm", "3")
     assert len(text["model_sha256"]) == 64 and text["resolution"] == "16x16"
     assert not any(k.lower() in ("date", "time", "created", "creation time") for k in text)
 
@@ -100,7 +100,7 @@ def test_layout_provenance_manifest_and_grids(reference, model):
     assert all(r["created"] for r in rows)
 
     saved = (reference / "sample_config.yaml").read_text()
-    assert "num_images: 18" in saved and "scheduler: dpmsolver++" in saved and f"model_dir: {model}" in saved
+    assert "num_images: 18" in saved and "scheduler: ddpm" in saved and f"model_dir: {model}" in saved
 
 
 def test_output_size_resizes_and_is_recorded(model, tmp_path):
@@ -206,6 +206,47 @@ def test_mixed_precision_runs_and_is_recorded(model, tmp_path, precision):
     assert read_png_text(out / "individual" / "synthetic_000000.png")["mixed_precision"] == precision
 
 
+def test_auto_settings_are_recorded_and_a_resume_reuses_them(model, tmp_path, monkeypatch):
+    """`auto` batch size and precision become concrete values in the folder; a resume on a
+    machine that would choose differently still makes byte-identical images."""
+    import yaml
+
+    from ddpm_lesion.autotune import CPU_BATCH_SIZE
+
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "5", "--num_inference_steps", "2") == 0
+    saved = yaml.safe_load((out / "sample_config.yaml").read_text())
+    assert saved["batch_size"] == CPU_BATCH_SIZE and saved["mixed_precision"] in ("bf16", "no")
+    text = read_png_text(out / "individual" / "synthetic_000004.png")
+    assert (text["batch_size"], text["mixed_precision"]) == (str(CPU_BATCH_SIZE), saved["mixed_precision"])
+
+    before = (out / "individual" / "synthetic_000004.png").read_bytes()
+    (out / "individual" / "synthetic_000004.png").unlink()
+    monkeypatch.setattr("ddpm_lesion.generation.auto_batch_size", lambda *a, **k: 2)
+    monkeypatch.setattr("ddpm_lesion.generation.bf16_is_fast", lambda device: saved["mixed_precision"] != "bf16")
+    assert sample(model, out, "--num_images", "5", "--num_inference_steps", "2") == 0
+    assert (out / "individual" / "synthetic_000004.png").read_bytes() == before
+
+
+def test_torch_compile_is_applied_and_recorded(model, tmp_path, monkeypatch, capsys):
+    """The flag reaches `torch.compile` (stubbed: compiling takes minutes on a CPU) and, since
+    compiled kernels round differently, becomes part of the images' identity."""
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: modes.append(kwargs))
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "2", *FAST, "--torch_compile", "reduce-overhead") == 0
+    assert modes == [{"mode": "reduce-overhead"}]
+    assert read_png_text(out / "individual" / "synthetic_000001.png")["torch_compile"] == "reduce-overhead"
+    assert [r["torch_compile"] for r in read_manifest(out / "manifest.csv")] == ["reduce-overhead"] * 2
+    assert "torch_compile:" in error_of(capsys, sample(model, out, "--num_images", "2", *FAST))
+    assert "torch_compile" not in read_png_text(sample_one(model, tmp_path / "plain"))
+
+
+def sample_one(model: Path, out: Path) -> Path:
+    assert sample(model, out, "--num_images", "1", "--batch_size", "1", "--num_inference_steps", "1") == 0
+    return out / "individual" / "synthetic_000000.png"
+
+
 def test_grids_and_throughput_go_to_wandb_offline(model, tmp_path, wandb_dir):
     assert sample(model, tmp_path / "out", "--num_images", "16", "--num_inference_steps", "1", "--batch_size", "16",
                   "--report_to", "wandb") == 0
@@ -269,6 +310,21 @@ def test_refuses_to_resume_with_other_settings(model, tmp_path, capsys, changed,
     assert f"{named}:" in err and "--overwrite" in err
     assert {n: (out / "individual" / n).read_bytes() for n in pngs(out)} == before
     assert sample(model, out, "--num_images", "4", *FAST, *changed, "--overwrite") == 0
+
+
+def test_resumes_a_folder_recorded_before_an_option_existed(model, tmp_path):
+    """A folder whose sample_config.yaml predates `--torch_compile` (and the automatic batch
+    size and precision) resumes with the values it recorded."""
+    import yaml
+
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "4", *FAST, "--mixed_precision", "no") == 0
+    record = yaml.safe_load((out / "sample_config.yaml").read_text())
+    del record["torch_compile"], record["max_batch_size"]
+    (out / "sample_config.yaml").write_text(yaml.safe_dump(record))
+    (out / "individual" / "synthetic_000003.png").unlink()
+    assert sample(model, out, "--num_images", "4", "--num_inference_steps", "3") == 0
+    assert read_png_text(out / "individual" / "synthetic_000003.png")["mixed_precision"] == "no"
 
 
 def test_refuses_images_of_another_model(model, tmp_path, capsys):

@@ -72,6 +72,7 @@ def test_seeding_has_not_drifted():
 
 @pytest.mark.parametrize("name,cls", [
     ("ddpm", DDPMScheduler), ("ddim", DDIMScheduler), ("dpmsolver++", DPMSolverMultistepScheduler),
+    ("sde-dpmsolver++", DPMSolverMultistepScheduler),
     ("unipc", UniPCMultistepScheduler),
 ])
 def test_schedulers_keep_the_models_noise_schedule(name, cls):
@@ -80,11 +81,12 @@ def test_schedulers_keep_the_models_noise_schedule(name, cls):
     assert type(scheduler) is cls
     assert scheduler.config.num_train_timesteps == 500
     assert scheduler.config.beta_schedule == "squaredcos_cap_v2"
-    assert {s.value for s in SchedulerName} == {"ddpm", "ddim", "dpmsolver++", "unipc"}
+    assert {s.value for s in SchedulerName} == {"ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc"}
 
 
 def test_dpmsolver_is_the_plus_plus_variant():
     assert make_scheduler("dpmsolver++", DDPMScheduler().config).config.algorithm_type == "dpmsolver++"
+    assert make_scheduler("sde-dpmsolver++", DDPMScheduler().config).config.algorithm_type == "sde-dpmsolver++"
 
 
 @pytest.mark.parametrize("name", [s.value for s in SchedulerName])
@@ -108,6 +110,25 @@ def test_denoise_leaves_the_template_scheduler_untouched():
     generators = image_generators(0, [0])
     denoise(ElementwiseNet(), scheduler, initial_noise(generators, SHAPE), generators, 3)
     assert scheduler.num_inference_steps is None and scheduler.step_index is None
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_network_sees_channels_last_inputs_under_the_requested_autocast(dtype):
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> SimpleNamespace:
+            seen.append((sample.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"),
+                         torch.get_autocast_dtype("cpu"), timestep.device.type))
+            return SimpleNamespace(sample=0.3 * sample)
+
+    generators = image_generators(0, range(2))
+    scheduler = make_scheduler("dpmsolver++", DDPMScheduler().config)
+    out = denoise(Probe(), scheduler, initial_noise(generators, SHAPE), generators, 3, dtype)
+    assert out.dtype == torch.uint8 and len(seen) == 3
+    for channels_last, autocast, autocast_dtype, timestep_device in seen:
+        assert channels_last and autocast == (dtype is not None) and timestep_device == "cpu"
+        assert dtype is None or autocast_dtype is dtype
 
 
 def test_to_uint8_inverts_the_training_normalisation():

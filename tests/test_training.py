@@ -107,6 +107,16 @@ def test_end_to_end_run_folder_loads_with_plain_diffusers(tmp_path):
     assert saved["resolution"] == 16 and saved["use_ema"] is True
 
 
+def test_torch_compile_flag_compiles_the_unet_in_place(tmp_path, monkeypatch):
+    """Wiring only (compiling takes minutes on a CPU): the flag reaches `Module.compile`,
+    which compiles in place, so checkpoints keep the plain diffusers layout."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append(type(self).__name__))
+    train(make_cfg(tmp_path, "--torch_compile", steps=2))
+    assert compiled == ["UNet2DModel"]
+    assert DDPMPipeline.from_pretrained(tmp_path / "run", use_safetensors=True).unet.config.sample_size == 16
+
+
 def test_training_changes_the_weights_and_lowers_the_loss_on_a_fixed_batch(tmp_path):
     """The loop really optimises: same data, same noise, more steps -> lower loss."""
     run = train(make_cfg(tmp_path, "--learning_rate", "3e-3", "--lr_scheduler", "constant", steps=30))

@@ -1,0 +1,231 @@
+"""Generation speed: the origin recipe against `sample_ddpm.py`'s defaults, same weights, same process.
+
+The origin recipe is `DDPM_sampling.py` as its README describes it: DDPMScheduler, 50
+steps, batch 4, float32, a Python loop with the network under `torch.no_grad`, each PNG
+saved in the loop (here at the native resolution: the origin's 128 px bilinear upsampling
+is left out of both). "Ours" is `generate()` with every option at its default. Variants
+alternate (origin, ours, origin, ...); each reports seconds per image (median, min, max
+over the repeats), GFLOP/s end to end and in the network alone (the UNet forward at the
+variant's batch, precision and layout, timed by itself) as a fraction of the measured
+peak of its precision, peak memory, and KID of both against the same held-out real set.
+
+Sizes:
+- `tiny`: the bundled demo model (1.1 M parameters, 32 px, trained weights), all steps.
+- `origin64`: the origin's 101 M-parameter UNet at 64 px with random weights (they time like
+  trained ones; their images are noise, so no KID). On a CPU a full run takes minutes per
+  image, so by default both recipes run a tenth of their steps (5 of 50, 2 of 20) and the
+  seconds per image are scaled to the full step count; `--full` runs every step.
+
+    python bench/sample.py                      # both sizes, ~5 min on 2 CPU cores
+    python bench/sample.py --size origin64 --full --num_images 5900 --origin_images 64 --repeats 1   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from diffusers import DDPMPipeline, DDPMScheduler
+from PIL import Image
+
+from common import (DEMO_MODEL, forward_gflop, interleave, machine, markdown_table, matmul_peak, origin_unet,
+                    peak_memory, spread, sync, write_real_set)
+from ddpm_lesion.evaluate import EvalConfig, evaluate_folders
+from ddpm_lesion.features import FeatureSpace
+from ddpm_lesion.generation import generate
+from ddpm_lesion.sample_config import SampleConfig
+
+ORIGIN_STEPS, ORIGIN_BATCH = 50, 4
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "origin64", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num_images", type=int, default=None,
+                        help="images per timed run of ours (default: 32 tiny, 16 origin64)")
+    parser.add_argument("--origin_images", type=int, default=None,
+                        help="images per timed run of the origin recipe (default: 32 tiny, 8 origin64)")
+    parser.add_argument("--full", action="store_true", help="origin64: run every step instead of a tenth")
+    parser.add_argument("--kid_images", type=int, default=200, help="tiny: images per recipe for KID (0: skip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--work_dir", type=Path, default=Path(tempfile.gettempdir()) / "ddpm-lesion-bench" / "sample")
+    return parser.parse_args()
+
+
+def origin_recipe(model_dir: Path, out: Path, num_images: int, steps: int, seed: int) -> float:
+    """The origin's generation loop; returns the seconds of the loop (model loading excluded)."""
+    pipe = DDPMPipeline.from_pretrained(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    unet = pipe.unet.to(device).eval()
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    size = unet.config.sample_size
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for first in range(0, num_images, ORIGIN_BATCH):
+        image = torch.randn(min(ORIGIN_BATCH, num_images - first), 3, size, size, generator=generator).to(device)
+        for t in scheduler.timesteps:
+            with torch.no_grad():
+                noise_pred = unet(image, t).sample
+            image = scheduler.step(noise_pred, t, image, generator=generator).prev_sample
+        pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for k, array in enumerate(pixels):
+            Image.fromarray(array).save(out / f"origin_{first + k:05d}.png")
+    return time.perf_counter() - start
+
+
+def ours(model_dir: Path, out: Path, num_images: int, steps: int | None, seed: int) -> tuple[float, dict]:
+    """`generate()` with the defaults (steps overridden only for a shortened run); returns
+    the seconds of sampling and writing, as `generate` reports them, and the resolved
+    settings the folder recorded."""
+    cfg = SampleConfig(model_dir=str(model_dir), output_dir=out, num_images=num_images, seed=seed, overwrite=True)
+    if steps is not None:
+        cfg.num_inference_steps = steps
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        summary = generate(cfg)
+    return summary.seconds, yaml.safe_load((out / "sample_config.yaml").read_text())
+
+
+def network_seconds(unet: torch.nn.Module, batch: int, dtype: torch.dtype | None, channels_last: bool,
+                    device: str, repeats: int = 3) -> float:
+    """Median seconds of one UNet forward at this batch, precision and layout."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    unet = unet.to(device, memory_format=layout)
+    size = unet.config.sample_size
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
+    t = torch.tensor(500, device=device)
+    times = []
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+                                                enabled=dtype is not None):
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            unet(x, t)
+            sync(device)
+            times.append(time.perf_counter() - start)
+    return spread(times[1:])[0]
+
+
+def bench_size(name: str, args: argparse.Namespace, peaks: dict[str, float], device: str) -> dict:
+    work = args.work_dir / name
+    if name == "tiny":
+        model_dir, unet = DEMO_MODEL, DDPMPipeline.from_pretrained(DEMO_MODEL).unet.eval()
+        scale, origin_steps, our_steps = 1, ORIGIN_STEPS, None
+        n_ours, n_origin = args.num_images or 32, args.origin_images or 32
+    else:
+        unet = origin_unet().eval()
+        model_dir = work / "model"
+        if not (model_dir / "model_index.json").is_file():
+            DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(model_dir)
+        scale = 1 if args.full else 10
+        origin_steps, our_steps = ORIGIN_STEPS // scale, None if args.full else SampleConfig().num_inference_steps // scale
+        n_ours, n_origin = args.num_images or 16, args.origin_images or 8
+    default_steps = SampleConfig().num_inference_steps
+    recorded: dict = {}
+
+    def run_origin() -> float:
+        return origin_recipe(model_dir, work / "origin", n_origin, origin_steps, seed=0)
+
+    def run_ours() -> float:
+        spent, settings = ours(model_dir, work / "ours", n_ours, our_steps, seed=0)
+        recorded.update(settings)
+        return spent
+
+    variants = {"origin": run_origin, "ours": run_ours}
+    seconds = interleave(variants, args.repeats, device)
+    memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+    gflop = forward_gflop(unet)
+    ours_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recorded["mixed_precision"])
+    networks = {"origin": (network_seconds(unet, ORIGIN_BATCH, None, False, device) / ORIGIN_BATCH, "fp32"),
+                "ours": (network_seconds(unet, recorded["batch_size"], ours_dtype, True, device)
+                         / recorded["batch_size"], recorded["mixed_precision"])}
+    result = {"size": name, "params_M": sum(p.numel() for p in unet.parameters()) / 1e6, "gflop_per_forward": gflop,
+              "step_scale": scale, "ours_settings": {k: recorded[k] for k in ("scheduler", "num_inference_steps",
+                                                                             "batch_size", "mixed_precision")}}
+    for variant, steps in (("origin", ORIGIN_STEPS), ("ours", default_steps)):
+        per_image = [s * scale / (n_origin if variant == "origin" else n_ours) for s in seconds[variant]]
+        net_seconds, precision = networks[variant]
+        peak = peaks["bf16" if precision == "bf16" else "fp32"]
+        median = spread(per_image)[0]
+        result[variant] = {"seconds_per_image": spread(per_image), "steps": steps,
+                           "gflops_end_to_end": gflop * steps / median, "gflops_network": gflop / net_seconds,
+                           "network_fraction_of_peak": gflop / net_seconds / peak, "peak_of": precision,
+                           "peak_memory_MB": memory[variant] / 2**20,
+                           "images_per_run": n_origin if variant == "origin" else n_ours}
+    result["speedup"] = result["origin"]["seconds_per_image"][0] / result["ours"]["seconds_per_image"][0]
+    if name == "tiny" and args.kid_images:
+        result["kid"] = kid_of_both(model_dir, work, args.kid_images)
+    return result
+
+
+def kid_of_both(model_dir: Path, work: Path, n: int) -> dict:
+    """KID (EfficientNet-Lite0 and pixel features) of `n` images of each recipe against 1000
+    held-out procedural images of the demo model's training distribution."""
+    real = write_real_set(work.parent / "real-pretrain", 1000, 32, malignant=None, varied=True)
+    origin_recipe(model_dir, work / "kid-origin", n, ORIGIN_STEPS, seed=1)
+    ours(model_dir, work / "kid-ours", n, None, seed=1)
+    config = EvalConfig(features=[FeatureSpace.EFFICIENTNET, FeatureSpace.PIXELS], resolution=32)
+    out = {}
+    for variant in ("origin", "ours"):
+        folder = work / f"kid-{variant}"
+        scores = evaluate_folders(real, folder if variant == "origin" else folder / "individual", config=config)
+        out[variant] = {key: {k: space["metrics"]["kid"][k] for k in ("value", "ci_low", "ci_high")}
+                        for key, space in scores["feature_spaces"].items()}
+    return out
+
+
+def report(results: list[dict], peaks: dict[str, float], info: dict[str, str]) -> str:
+    header = ["size", "recipe", "steps", "s/image median [min, max]", "ratio", "GFLOP/s end to end",
+              "network GFLOP/s (% of peak)", "peak memory MB", "KID effnet ×1e3 [interval]", "KID pixels ×1e3"]
+    rows = []
+    for r in results:
+        for variant in ("origin", "ours"):
+            v = r[variant]
+            median, low, high = v["seconds_per_image"]
+            kid = r.get("kid", {}).get(variant)
+            settings = r["ours_settings"]
+            recipe = ("origin: ddpm, batch 4, fp32" if variant == "origin" else
+                      f"ours: {settings['scheduler']}, batch {settings['batch_size']}, {settings['mixed_precision']}")
+            rows.append([
+                f"{r['size']} ({r['params_M']:.1f} M, {r['gflop_per_forward']:.2f} GFLOP)", recipe,
+                f"{v['steps']}" + (f" (ran {v['steps'] // r['step_scale']})" if r["step_scale"] > 1 else ""),
+                f"{median:.3f} [{low:.3f}, {high:.3f}]", "1.00" if variant == "origin" else f"{r['speedup']:.2f}×",
+                f"{v['gflops_end_to_end']:.0f}",
+                f"{v['gflops_network']:.0f} ({100 * v['network_fraction_of_peak']:.0f}% of {v['peak_of']})",
+                f"{v['peak_memory_MB']:.0f}",
+                "—" if kid is None else "{:.2f} [{:.2f}, {:.2f}]".format(
+                    *(1e3 * kid["efficientnet-lite0"][k] for k in ("value", "ci_low", "ci_high"))),
+                "—" if kid is None else f"{1e3 * kid['pixels16']['value']:.2f}"])
+    lines = [f"{k}: {v}" for k, v in info.items()]
+    lines.append("measured peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    return "\n".join(lines) + "\n\n" + markdown_table(header, rows)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = machine()
+    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    sizes = ["tiny", "origin64"] if args.size == "all" else [args.size]
+    results = [bench_size(name, args, peaks, device) for name in sizes]
+    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(report(results, peaks, info))
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "peaks": peaks, "results": results},
+                                                           indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
