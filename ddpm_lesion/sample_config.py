@@ -60,8 +60,8 @@ class SampleConfig:
                                           "models; ddim ~50; dpmsolver++/unipc ~20 on well-trained models).")
     mixed_precision: MixedPrecision = option(MixedPrecision.AUTO, "Run the network under fp16/bf16 autocast; the "
                                                                   "sampler arithmetic stays fp32. auto: bf16 where "
-                                                                  "the device runs it natively (Ampere+ GPUs, CPUs "
-                                                                  "with AVX512-BF16/AMX), else no. The folder "
+                                                                  "the device runs it natively (Ampere+ GPUs; on "
+                                                                  "CPUs pass bf16 explicitly), else no. The folder "
                                                                   "records the resolved value.")
     torch_compile: CompileMode = option(CompileMode.NO, "Compile the network with torch.compile in this mode "
                                                         "(reduce-overhead: with CUDA graphs on a GPU). Pays off over "
