@@ -80,27 +80,44 @@ def machine() -> dict[str, str]:
     return info
 
 
-def matmul_peak(dtype: torch.dtype, device: str = "cpu", repeats: int = 5) -> float:
-    """Best GFLOP/s of the two compute-bound kernels the network is made of: a square matmul
-    (MKL or cuBLAS) and a 3x3 convolution (oneDNN or cuDNN), channels_last, in `dtype`.
-    Both: on AMD CPUs MKL's fp32 GEMM runs an AVX2 path while oneDNN's convolution uses
-    AVX-512, so the matmul alone understates what the network can reach."""
-    n = 2048 if device == "cpu" else 8192
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    x = torch.randn(8, 256, 32, 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    kernels = {2 * n**3: lambda: a @ b,
-               2 * 8 * 256 * 256 * 9 * 32 * 32: lambda: torch.nn.functional.conv2d(x, w, padding=1)}
-    best = 0.0
-    with torch.inference_mode():
-        for flops, kernel in kernels.items():
-            kernel()
-            for _ in range(repeats):
-                start = time.perf_counter()
-                kernel()
-                sync(device)
-                best = max(best, flops / (time.perf_counter() - start) / 1e9)
-    return best
+class PeakKernels:
+    """Compute-bound kernels whose GFLOP/s stand for the machine's peak in a precision: a
+    square matmul (MKL or cuBLAS) and a 3x3 convolution (oneDNN or cuDNN, channels_last),
+    in fp32 and bf16. Both, because on AMD CPUs MKL's fp32 GEMM runs an AVX2 path while
+    oneDNN's convolution uses AVX-512, so the matmul alone understates what a UNet can
+    reach. They run as `interleave` variants beside the code they are compared with, so
+    peak and achieved throughput are measured under the same load."""
+
+    CALLS = 5  # kernel launches per variant call
+
+    def __init__(self, device: str) -> None:
+        n = 2048 if device == "cpu" else 8192
+        self.variants: dict[str, Callable[[], None]] = {}
+        self.flops: dict[str, float] = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+            x = torch.randn(8, 256, 32, 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(256, 256, 3, 3, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+            self._add(f"peak {name} matmul", lambda a=a, b=b: a @ b, 2 * n**3)
+            self._add(f"peak {name} conv", lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1),
+                      2 * 8 * 256 * 256 * 9 * 32 * 32)
+
+    def _add(self, name: str, kernel: Callable[[], torch.Tensor], flops: float) -> None:
+        def run() -> None:
+            with torch.inference_mode():
+                for _ in range(self.CALLS):
+                    kernel()
+
+        self.variants[name] = run
+        self.flops[name] = self.CALLS * flops
+
+    def gflops(self, times: Mapping[str, list[float]]) -> dict[str, float]:
+        """{'fp32': ..., 'bf16': ...}: the faster kernel's median GFLOP/s in each precision."""
+        best: dict[str, float] = {}
+        for name, flops in self.flops.items():
+            precision = name.split()[1]
+            best[precision] = max(best.get(precision, 0.0), flops / spread(times[name])[0] / 1e9)
+        return best
 
 
 def sync(device: str | torch.device) -> None:

@@ -6,8 +6,9 @@ saved in the loop (here at the native resolution: the origin's 128 px bilinear u
 is left out of both). "Ours" is `generate()` with every option at its default. Variants
 alternate (origin, ours, origin, ...); each reports seconds per image (median, min, max
 over the repeats), GFLOP/s end to end and in the network alone (the UNet forward at the
-variant's batch, precision and layout, timed by itself) as a fraction of the measured
-peak of its precision, peak memory, and KID of both against the same held-out real set.
+variant's batch, precision and layout) as a fraction of the measured peak of its precision
+(compute-bound matmul and convolution kernels, timed in the same rounds), peak memory, and
+KID of both against the same held-out real set.
 
 Sizes:
 - `tiny`: the bundled demo model (1.1 M parameters, 32 px, trained weights), all steps.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import os
@@ -31,18 +33,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
-from common import (DEMO_MODEL, forward_gflop, interleave, machine, markdown_table, matmul_peak, origin_unet,
-                    peak_memory, spread, sync, write_real_set)
+from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, machine, markdown_table, origin_unet,
+                    peak_memory, spread, write_real_set)
 from ddpm_lesion.evaluate import EvalConfig, evaluate_folders
 from ddpm_lesion.features import FeatureSpace
-from ddpm_lesion.generation import generate
-from ddpm_lesion.sample_config import SampleConfig
+from ddpm_lesion.generation import AUTOCAST_DTYPES, generate
+from ddpm_lesion.sample_config import MixedPrecision, SampleConfig
 
 ORIGIN_STEPS, ORIGIN_BATCH = 50, 4
 
@@ -85,38 +86,43 @@ def origin_recipe(model_dir: Path, out: Path, num_images: int, steps: int, seed:
     return time.perf_counter() - start
 
 
-def ours(model_dir: Path, out: Path, num_images: int, steps: int | None, seed: int) -> tuple[float, dict]:
-    """`generate()` with the defaults (steps overridden only for a shortened run); returns
-    the seconds of sampling and writing, as `generate` reports them, and the resolved
-    settings the folder recorded."""
+def ours(model_dir: Path, out: Path, num_images: int, steps: int | None, seed: int,
+         precision: str | None = None) -> tuple[float, dict]:
+    """`generate()` with the defaults (steps overridden only for a shortened run, precision
+    only for the comparison row); returns the seconds of sampling and writing, as
+    `generate` reports them, and the resolved settings the folder recorded."""
     cfg = SampleConfig(model_dir=str(model_dir), output_dir=out, num_images=num_images, seed=seed, overwrite=True)
     if steps is not None:
         cfg.num_inference_steps = steps
+    if precision is not None:
+        cfg.mixed_precision = MixedPrecision(precision)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         summary = generate(cfg)
     return summary.seconds, yaml.safe_load((out / "sample_config.yaml").read_text())
 
 
-def network_seconds(unet: torch.nn.Module, batch: int, dtype: torch.dtype | None, channels_last: bool,
-                    device: str, repeats: int = 3) -> float:
-    """Median seconds of one UNet forward at this batch, precision and layout."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    unet = unet.to(device, memory_format=layout)
-    size = unet.config.sample_size
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
-    t = torch.tensor(500, device=device)
-    times = []
-    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
-                                                enabled=dtype is not None):
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            unet(x, t)
-            sync(device)
-            times.append(time.perf_counter() - start)
-    return spread(times[1:])[0]
+class Forward:
+    """One `interleave` variant: `calls` UNet forwards at one batch, precision and layout (the
+    network alone, for its GFLOP/s)."""
+
+    def __init__(self, unet: torch.nn.Module, batch: int, dtype: torch.dtype | None, channels_last: bool,
+                 device: str, calls: int) -> None:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.unet = copy.deepcopy(unet).to(device, memory_format=layout)
+        size = unet.config.sample_size
+        self.x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
+        self.t = torch.tensor(500, device=device)
+        self.dtype, self.device, self.calls = dtype, torch.device(device), calls
+        self.images = batch * calls
+
+    def __call__(self) -> None:
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                                    enabled=self.dtype is not None):
+            for _ in range(self.calls):
+                self.unet(self.x, self.t)
 
 
-def bench_size(name: str, args: argparse.Namespace, peaks: dict[str, float], device: str) -> dict:
+def bench_size(name: str, args: argparse.Namespace, device: str) -> dict:
     work = args.work_dir / name
     if name == "tiny":
         model_dir, unet = DEMO_MODEL, DDPMPipeline.from_pretrained(DEMO_MODEL).unet.eval()
@@ -131,38 +137,41 @@ def bench_size(name: str, args: argparse.Namespace, peaks: dict[str, float], dev
         origin_steps, our_steps = ORIGIN_STEPS // scale, None if args.full else SampleConfig().num_inference_steps // scale
         n_ours, n_origin = args.num_images or 16, args.origin_images or 8
     default_steps = SampleConfig().num_inference_steps
-    recorded: dict = {}
-
-    def run_origin() -> float:
-        return origin_recipe(model_dir, work / "origin", n_origin, origin_steps, seed=0)
-
-    def run_ours() -> float:
-        spent, settings = ours(model_dir, work / "ours", n_ours, our_steps, seed=0)
-        recorded.update(settings)
-        return spent
-
-    variants = {"origin": run_origin, "ours": run_ours}
+    recorded = ours(model_dir, work / "ours", n_ours, our_steps, seed=0)[1]  # the settings `auto` resolves to
+    # The same defaults in the other precision, to show what bf16 itself is worth here.
+    other = "no" if recorded["mixed_precision"] == "bf16" else "bf16"
+    precisions = {"origin": "no", "ours": recorded["mixed_precision"], "ours, other precision": other}
+    calls = max(1, 64 // recorded["batch_size"]) if name == "tiny" else 1
+    networks = {"origin": Forward(unet, ORIGIN_BATCH, None, False, device, calls * recorded["batch_size"] // 4)}
+    networks |= {variant: Forward(unet, recorded["batch_size"], AUTOCAST_DTYPES[MixedPrecision(precision)], True,
+                                  device, calls) for variant, precision in precisions.items() if variant != "origin"}
+    peaks = PeakKernels(device)
+    variants = {"origin": lambda: origin_recipe(model_dir, work / "origin", n_origin, origin_steps, seed=0),
+                "ours": lambda: ours(model_dir, work / "ours", n_ours, our_steps, seed=0)[0],
+                "ours, other precision": lambda: ours(model_dir, work / "ours-other", n_ours, our_steps, seed=0,
+                                                      precision=other)[0],
+                **{f"{variant} network": forward for variant, forward in networks.items()}, **peaks.variants}
     seconds = interleave(variants, args.repeats, device)
-    memory = {name: peak_memory(fn, device) for name, fn in variants.items()}
+    peak = peaks.gflops(seconds)
+    memory = {variant: peak_memory(variants[variant], device) for variant in precisions}
     gflop = forward_gflop(unet)
-    ours_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recorded["mixed_precision"])
-    networks = {"origin": (network_seconds(unet, ORIGIN_BATCH, None, False, device) / ORIGIN_BATCH, "fp32"),
-                "ours": (network_seconds(unet, recorded["batch_size"], ours_dtype, True, device)
-                         / recorded["batch_size"], recorded["mixed_precision"])}
     result = {"size": name, "params_M": sum(p.numel() for p in unet.parameters()) / 1e6, "gflop_per_forward": gflop,
-              "step_scale": scale, "ours_settings": {k: recorded[k] for k in ("scheduler", "num_inference_steps",
-                                                                             "batch_size", "mixed_precision")}}
-    for variant, steps in (("origin", ORIGIN_STEPS), ("ours", default_steps)):
+              "step_scale": scale, "peak_gflops": peak,
+              "ours_settings": {k: recorded[k] for k in ("scheduler", "num_inference_steps", "batch_size",
+                                                         "mixed_precision")}}
+    for variant, precision in precisions.items():
+        steps = ORIGIN_STEPS if variant == "origin" else default_steps
         per_image = [s * scale / (n_origin if variant == "origin" else n_ours) for s in seconds[variant]]
-        net_seconds, precision = networks[variant]
-        peak = peaks["bf16" if precision == "bf16" else "fp32"]
         median = spread(per_image)[0]
-        result[variant] = {"seconds_per_image": spread(per_image), "steps": steps,
-                           "gflops_end_to_end": gflop * steps / median, "gflops_network": gflop / net_seconds,
-                           "network_fraction_of_peak": gflop / net_seconds / peak, "peak_of": precision,
+        network = gflop * networks[variant].images / spread(seconds[f"{variant} network"])[0]
+        peak_of = "bf16" if precision == "bf16" else "fp32"
+        result[variant] = {"seconds_per_image": spread(per_image), "steps": steps, "precision": precision,
+                           "gflops_end_to_end": gflop * steps / median, "gflops_network": network,
+                           "network_fraction_of_peak": network / peak[peak_of], "peak_of": peak_of,
                            "peak_memory_MB": memory[variant] / 2**20,
                            "images_per_run": n_origin if variant == "origin" else n_ours}
-    result["speedup"] = result["origin"]["seconds_per_image"][0] / result["ours"]["seconds_per_image"][0]
+    for variant in precisions:
+        result[variant]["speedup"] = result["origin"]["seconds_per_image"][0] / result[variant]["seconds_per_image"][0]
     if name == "tiny" and args.kid_images:
         result["kid"] = kid_of_both(model_dir, work, args.kid_images)
     return result
@@ -184,31 +193,31 @@ def kid_of_both(model_dir: Path, work: Path, n: int) -> dict:
     return out
 
 
-def report(results: list[dict], peaks: dict[str, float], info: dict[str, str]) -> str:
+def report(results: list[dict], info: dict[str, str]) -> str:
     header = ["size", "recipe", "steps", "s/image median [min, max]", "ratio", "GFLOP/s end to end",
               "network GFLOP/s (% of peak)", "peak memory MB", "KID effnet ×1e3 [interval]", "KID pixels ×1e3"]
     rows = []
     for r in results:
-        for variant in ("origin", "ours"):
+        for variant in ("origin", "ours", "ours, other precision"):
             v = r[variant]
             median, low, high = v["seconds_per_image"]
             kid = r.get("kid", {}).get(variant)
             settings = r["ours_settings"]
             recipe = ("origin: ddpm, batch 4, fp32" if variant == "origin" else
-                      f"ours: {settings['scheduler']}, batch {settings['batch_size']}, {settings['mixed_precision']}")
+                      f"{'ours' if variant == 'ours' else 'ours, not default'}: {settings['scheduler']}, "
+                      f"batch {settings['batch_size']}, {v['precision']}")
             rows.append([
                 f"{r['size']} ({r['params_M']:.1f} M, {r['gflop_per_forward']:.2f} GFLOP)", recipe,
                 f"{v['steps']}" + (f" (ran {v['steps'] // r['step_scale']})" if r["step_scale"] > 1 else ""),
-                f"{median:.3f} [{low:.3f}, {high:.3f}]", "1.00" if variant == "origin" else f"{r['speedup']:.2f}×",
+                f"{median:.3f} [{low:.3f}, {high:.3f}]", f"{v['speedup']:.2f}×",
                 f"{v['gflops_end_to_end']:.0f}",
-                f"{v['gflops_network']:.0f} ({100 * v['network_fraction_of_peak']:.0f}% of {v['peak_of']})",
+                (f"{v['gflops_network']:.0f} ({100 * v['network_fraction_of_peak']:.0f}% of "
+                 f"{v['peak_of']} {r['peak_gflops'][v['peak_of']]:.0f})"),
                 f"{v['peak_memory_MB']:.0f}",
                 "—" if kid is None else "{:.2f} [{:.2f}, {:.2f}]".format(
                     *(1e3 * kid["efficientnet-lite0"][k] for k in ("value", "ci_low", "ci_high"))),
                 "—" if kid is None else f"{1e3 * kid['pixels16']['value']:.2f}"])
-    lines = [f"{k}: {v}" for k, v in info.items()]
-    lines.append("measured peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    return "\n".join(lines) + "\n\n" + markdown_table(header, rows)
+    return "\n".join(f"{k}: {v}" for k, v in info.items()) + "\n\n" + markdown_table(header, rows)
 
 
 def main() -> None:
@@ -217,14 +226,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     info = machine()
-    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     sizes = ["tiny", "origin64"] if args.size == "all" else [args.size]
-    results = [bench_size(name, args, peaks, device) for name in sizes]
+    results = [bench_size(name, args, device) for name in sizes]
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(report(results, peaks, info))
+    print(report(results, info))
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "peaks": peaks, "results": results},
-                                                           indent=2, default=float))
+    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2,
+                                                           default=float))
 
 
 if __name__ == "__main__":

@@ -76,14 +76,14 @@ def main() -> None:
     eval_config = EvalConfig(features=[FeatureSpace.EFFICIENTNET, FeatureSpace.PIXELS], resolution=args.resolution,
                              kid_subsets=args.subsets, kid_subset_size=args.subset_size)
     extractors, _ = resolve_extractors(eval_config.features)
-    real = load_image_set("real", real_dir, eval_config.resolution).pixels
-    real_feats = {e.key: extract(e, real) for e in extractors}
+    cache = args.work_dir / "features" / Path(args.model_dir).name
+    real_feats = cached_features("real", real_dir, cache / "real", extractors, eval_config.resolution)
 
     results, feats = {}, {}
     for setting in settings:
         folder, seconds = sample_folder(args, setting)
-        synthetic = load_image_set("synthetic", folder / "individual", eval_config.resolution).pixels
-        feats[setting] = {e.key: extract(e, synthetic) for e in extractors}
+        feats[setting] = cached_features("synthetic", folder / "individual", cache / setting.replace(":", "-"),
+                                         extractors, eval_config.resolution)
         results[setting] = {"seconds_per_image": seconds, "kid": {
             e.key: score_space(real_feats[e.key], feats[setting][e.key], e, eval_config)[0]["metrics"]["kid"]
             for e in extractors}}
@@ -95,6 +95,22 @@ def main() -> None:
                 real_feats[e.key], feats[setting][e.key], feats[args.reference][e.key], args.subsets,
                 args.subset_size, rng_seed)
     report(args, settings, results, [e.key for e in extractors])
+
+
+def cached_features(role: str, folder: Path, cache: Path, extractors: list, resolution: int) -> dict[str, np.ndarray]:
+    """Features of every image in `folder` per extractor, saved beside `cache` so a rerun
+    (or a run killed half-way) extracts only what it has not yet."""
+    out, images = {}, None
+    for e in extractors:
+        path = cache.with_name(f"{cache.name}-{e.key}-{resolution}px.npy")
+        if not path.is_file():
+            if images is None:
+                images = load_image_set(role, folder, resolution).pixels
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path.with_suffix(".tmp.npy"), extract(e, images))
+            path.with_suffix(".tmp.npy").replace(path)
+        out[e.key] = np.load(path)
+    return out
 
 
 def paired_delta(real: np.ndarray, candidate: np.ndarray, reference: np.ndarray, subsets: int, size: int,

@@ -10,7 +10,9 @@ channels_last, fused AdamW, uint8 images cached on the device. EMA is left out o
 
 Each repeat runs a few optimizer steps of each recipe in turn; reported: images/s (median,
 min, max), the ratio, GFLOP/s counting a training step as 3 forward passes (forward +
-backward) and its fraction of the measured peak of the step's precision, peak memory.
+backward) and its fraction of the measured peak of the step's precision (compute-bound
+kernels timed in the same rounds), peak memory of one step; and, separately, one AdamW step
+over the UNet's weights with each of torch's implementations (for-loop, foreach, fused).
 
     python bench/train.py                 # both sizes, ~4 min on 2 CPU cores
     python bench/train.py --size origin64 --steps 20 --repeats 5     # a GPU
@@ -32,7 +34,7 @@ from accelerate import Accelerator
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 
-from common import (DEMO_MODEL, forward_gflop, interleave, machine, markdown_table, matmul_peak, origin_unet,
+from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, machine, markdown_table, origin_unet,
                     peak_memory, spread)
 from ddpm_lesion.training import MixedPrecision, TrainConfig, build_model, build_optimizer, train_step
 
@@ -98,12 +100,25 @@ class OurStep:
                    self.images, None, next(self.steps))
 
 
+def adamw_step_seconds(unet: torch.nn.Module, repeats: int, device: torch.device) -> dict[str, tuple]:
+    """Seconds of one AdamW step over `unet`'s weights for each implementation torch offers
+    (the per-tensor loop, foreach, fused), interleaved; (median, min, max) per implementation."""
+    implementations = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    variants = {}
+    for name, options in implementations.items():
+        params = [torch.nn.Parameter(p.detach().clone()) for p in unet.parameters()]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        variants[name] = torch.optim.AdamW(params, lr=1e-5, **options).step
+    return {name: spread(times) for name, times in interleave(variants, repeats, device.type).items()}
+
+
 def run_steps(step: OriginStep | OurStep, steps: int) -> None:
     for _ in range(steps):
         step()
 
 
-def bench_size(name: str, args: argparse.Namespace, peaks: dict[str, float], device: torch.device) -> dict:
+def bench_size(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     work = args.work_dir / name
     if name == "tiny":
         model_dir = DEMO_MODEL
@@ -113,25 +128,28 @@ def bench_size(name: str, args: argparse.Namespace, peaks: dict[str, float], dev
             DDPMPipeline(unet=origin_unet(), scheduler=DDPMScheduler()).save_pretrained(model_dir)
     steps = args.steps or (10 if name == "tiny" or device.type == "cuda" else 1)
     recipes = {"origin": OriginStep(model_dir, device), "ours": OurStep(model_dir, args.mixed_precision, work)}
+    peaks = PeakKernels(device.type)
     variants = {name: functools.partial(run_steps, step, steps) for name, step in recipes.items()}
-    seconds = interleave(variants, args.repeats, device.type)
+    seconds = interleave({**variants, **peaks.variants}, args.repeats, device.type)
+    peak = peaks.gflops(seconds)
     memory = {name: peak_memory(recipe, device) for name, recipe in recipes.items()}  # one step each
     gflop = forward_gflop(recipes["origin"].unet.eval())
     result = {"size": name, "params_M": sum(p.numel() for p in recipes["origin"].unet.parameters()) / 1e6,
-              "gflop_per_forward": gflop, "steps_per_run": steps, "batch": BATCH}
+              "gflop_per_forward": gflop, "steps_per_run": steps, "batch": BATCH, "peak_gflops": peak}
     for variant, precision in (("origin", "no"), ("ours", args.mixed_precision)):
         images_per_s = [steps * BATCH / t for t in seconds[variant]]
         median = spread(images_per_s)[0]
-        peak = peaks["bf16" if precision == "bf16" else "fp32"]
+        peak_of = "bf16" if precision == "bf16" else "fp32"
         result[variant] = {"images_per_s": spread(images_per_s), "precision": precision,
-                           "gflops": 3 * gflop * median, "fraction_of_peak": 3 * gflop * median / peak,
-                           "peak_of": "bf16" if precision == "bf16" else "fp32",
+                           "gflops": 3 * gflop * median, "fraction_of_peak": 3 * gflop * median / peak[peak_of],
+                           "peak_of": peak_of,
                            "peak_memory_MB": memory[variant] / 2**20}
     result["speedup"] = result["ours"]["images_per_s"][0] / result["origin"]["images_per_s"][0]
+    result["adamw_step_seconds"] = adamw_step_seconds(recipes["origin"].unet, args.repeats, device)
     return result
 
 
-def report(results: list[dict], peaks: dict[str, float], info: dict[str, str]) -> str:
+def report(results: list[dict], info: dict[str, str]) -> str:
     header = ["size", "recipe", "images/s median [min, max]", "ratio", "GFLOP/s (% of peak)", "peak memory MB"]
     rows = []
     for r in results:
@@ -143,11 +161,13 @@ def report(results: list[dict], peaks: dict[str, float], info: dict[str, str]) -
             rows.append([f"{r['size']} ({r['params_M']:.1f} M, batch {r['batch']}, {r['steps_per_run']} step(s)/run)",
                          recipe, f"{median:.2f} [{low:.2f}, {high:.2f}]",
                          "1.00" if variant == "origin" else f"{r['speedup']:.2f}×",
-                         f"{v['gflops']:.0f} ({100 * v['fraction_of_peak']:.0f}% of {v['peak_of']})",
+                         (f"{v['gflops']:.0f} ({100 * v['fraction_of_peak']:.0f}% of {v['peak_of']} "
+                          f"{r['peak_gflops'][v['peak_of']]:.0f})"),
                          f"{v['peak_memory_MB']:.0f}"])
-    lines = [f"{k}: {v}" for k, v in info.items()]
-    lines.append("measured peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    return "\n".join(lines) + "\n\n" + markdown_table(header, rows)
+    optimizer_rows = [[r["size"], name, "{:.1f} [{:.1f}, {:.1f}]".format(*(1e3 * t for t in times))]
+                      for r in results for name, times in r["adamw_step_seconds"].items()]
+    return ("\n".join(f"{k}: {v}" for k, v in info.items()) + "\n\n" + markdown_table(header, rows) + "\n\n"
+            + markdown_table(["size", "AdamW implementation", "ms per step median [min, max]"], optimizer_rows))
 
 
 def main() -> None:
@@ -156,14 +176,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = machine()
-    peaks = {"fp32": matmul_peak(torch.float32, device.type), "bf16": matmul_peak(torch.bfloat16, device.type)}
     sizes = ["tiny", "origin64"] if args.size == "all" else [args.size]
-    results = [bench_size(name, args, peaks, device) for name in sizes]
+    results = [bench_size(name, args, device) for name in sizes]
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(report(results, peaks, info))
+    print(report(results, info))
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "peaks": peaks, "results": results},
-                                                           indent=2, default=float))
+    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2,
+                                                           default=float))
 
 
 if __name__ == "__main__":

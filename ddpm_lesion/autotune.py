@@ -24,13 +24,17 @@ _PROBE_BATCHES = (1, 4)
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """Whether `auto` should pick bfloat16: CUDA GPUs with bf16 tensor cores (Ampere and
-    newer). Never on a CPU: even with AVX512-BF16, the 1 M-parameter demo UNet sampled 6x
-    slower in bf16 on the development CPU (2.5 vs 15.7 images/s, DDIM 25 steps, batch 32),
-    because autocast's casts dominate small convolutions; large UNets on CPUs can gain, so
-    bf16 there is an explicit `--mixed_precision bf16`."""
+    """Whether bfloat16 runs natively here: CUDA GPUs with bf16 tensor cores (Ampere and
+    newer), CPUs with AVX512-BF16 or AMX instructions. Elsewhere bf16 is emulated, slower
+    than float32 (oneDNN on plain AVX-512; CUDA before Ampere). On the bench CPU (Zen 5,
+    AVX512-BF16, idle) bf16 made the 1 M demo UNet 1.4x (2 threads) to 1.6x (1 thread)
+    faster and the 101 M UNet about 2x (BENCHMARKS.md). With more torch threads than idle
+    cores every precision slows down many-fold; that is a thread-count problem, not a
+    precision one."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ddpm_lesion.config import option
 from ddpm_lesion.errors import UserError
-from ddpm_lesion.sampling import SchedulerName
+from ddpm_lesion.sampling import DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName
 from ddpm_lesion.sharding import parse_shard
 
 
@@ -51,17 +51,18 @@ class SampleConfig:
                                           "Part of an image's identity: float rounding depends on the batch, so a "
                                           "folder records it and a resumed run reuses it.", metavar="N")
     max_batch_size: int = option(256, "Ceiling of the automatic --batch_size.")
-    scheduler: SchedulerName = option(SchedulerName.DDPM, "Sampler, configured from the model's own noise "
-                                                          "schedule. The default is the one no faster sampler "
-                                                          "matched in KID on the demo models (BENCHMARKS.md); "
-                                                          "check a faster one on your model with "
-                                                          "bench/samplers.py before switching.")
-    num_inference_steps: int = option(50, "Network calls per image (ddpm: 50 measured as good as 100 on the demo "
-                                          "models; ddim ~50; dpmsolver++/unipc ~20 on well-trained models).")
+    scheduler: SchedulerName = option(DEFAULT_SCHEDULER, "Sampler, configured from the model's own noise schedule. "
+                                                         "The default is the one no faster sampler matched in KID "
+                                                         "on the fine-tuned demo model (BENCHMARKS.md); check a "
+                                                         "faster one on your model with bench/samplers.py before "
+                                                         "switching.")
+    num_inference_steps: int = option(DEFAULT_STEPS, "Network calls per image (ddpm: below 30 measurably worse on the "
+                                                     "fine-tuned demo model; dpmsolver++/unipc ~20 on well-trained "
+                                                     "models).")
     mixed_precision: MixedPrecision = option(MixedPrecision.AUTO, "Run the network under fp16/bf16 autocast; the "
                                                                   "sampler arithmetic stays fp32. auto: bf16 where "
-                                                                  "the device runs it natively (Ampere+ GPUs; on "
-                                                                  "CPUs pass bf16 explicitly), else no. The folder "
+                                                                  "the device runs it natively (Ampere+ GPUs, CPUs "
+                                                                  "with AVX512-BF16/AMX), else no. The folder "
                                                                   "records the resolved value.")
     torch_compile: CompileMode = option(CompileMode.NO, "Compile the network with torch.compile in this mode "
                                                         "(reduce-overhead: with CUDA graphs on a GPU). Pays off over "

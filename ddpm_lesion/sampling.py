@@ -47,6 +47,14 @@ class SchedulerName(str, enum.Enum):
     UNIPC = "unipc"
 
 
+# The default sampler of `sample_ddpm.py`, of the training run's sample grids and of its
+# checkpoint KID, so the best checkpoint is picked by the images that will be generated.
+# Chosen by KID against held-out images (bench/samplers.py, BENCHMARKS.md): on the
+# fine-tuned demo model every deterministic solver had 3-7x the KID of DDPM at 50 steps,
+# and DDPM itself below 30 steps was measurably worse.
+DEFAULT_SCHEDULER = SchedulerName.DDPM
+DEFAULT_STEPS = 50
+
 # name -> (scheduler class, options that define the sampler beyond the model's config)
 _SCHEDULERS: dict[SchedulerName, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     SchedulerName.DDPM: (DDPMScheduler, {}),

@@ -24,7 +24,7 @@ from ddpm_lesion.fileio import write_text_atomic
 from ddpm_lesion.image_sets import load_image_set
 from ddpm_lesion.metrics import kid
 from ddpm_lesion.model import BEST_FILE, read_best
-from ddpm_lesion.sampling import denoise, image_generators, initial_noise, make_scheduler
+from ddpm_lesion.sampling import SchedulerName, denoise, image_generators, initial_noise, make_scheduler
 
 @dataclass(frozen=True)
 class Score:
@@ -39,22 +39,22 @@ class CheckpointValidator:
     """Real features computed once; `score` samples and measures one set of weights."""
 
     def __init__(self, real_dir: Path, resolution: int, num_images: int, features: FeatureSpace,
-                 inference_steps: int, seed: int, device: torch.device):
+                 sampler: SchedulerName, inference_steps: int, seed: int, device: torch.device):
         extractors, self.warnings = resolve_extractors([features], device=str(device))
         self.extractor: Extractor = extractors[0]
         real = load_image_set("validation", real_dir, resolution)
         self.real_features = extract(self.extractor, real.pixels)
-        self.num_images, self.inference_steps, self.seed = num_images, inference_steps, seed
+        self.num_images, self.sampler, self.inference_steps, self.seed = num_images, sampler, inference_steps, seed
 
     def score(self, unet: UNet2DModel, scheduler_config: dict, step: int,
               num_classes: int | None = None) -> Score:
-        """KID of `num_images` fixed-seed DDIM samples (classes in turn for a conditional
+        """KID of `num_images` fixed-seed samples (classes in turn for a conditional
         model) against the real validation images, with its subset interval."""
         size = unet.config.sample_size
         generators = image_generators(self.seed, range(self.num_images))
         noise = initial_noise(generators, (3, size, size)).to(unet.device)
         labels = (torch.arange(self.num_images, device=unet.device) % num_classes) if num_classes else None
-        pixels = denoise(unet, make_scheduler("ddim", scheduler_config), noise, generators, self.inference_steps,
+        pixels = denoise(unet, make_scheduler(self.sampler, scheduler_config), noise, generators, self.inference_steps,
                          class_labels=labels).cpu().numpy()
         fake = extract(self.extractor, np.ascontiguousarray(pixels))
         subset = min(100, len(fake), len(self.real_features))

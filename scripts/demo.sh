@@ -16,8 +16,7 @@ echo "== 1/3 fine-tune (demo/data, class target=1) =="
   --save_images_steps 100 --resume_from_checkpoint latest --seed 0
 
 echo "== 2/3 generate =="
-"$PY" sample_ddpm.py --model_dir runs/demo --num_images 64 --output_dir out/demo \
-  --scheduler ddim --num_inference_steps 25 --batch_size 32 --seed 0
+"$PY" sample_ddpm.py --model_dir runs/demo --num_images 64 --output_dir out/demo --seed 0
 
 echo "== 3/3 audit: quality, diversity, copies =="
 "$PY" -m ddpm_lesion evaluate --real demo/data/images --real_csv demo/data/labels.csv --label_filter target=1 \

@@ -302,3 +302,28 @@ def test_checkpoints_are_scored_by_kid_and_the_best_one_is_kept_and_sampleable(t
     assert kept == {4, best["step"]}  # the newest (limit 1) and the best survive rotation
     _, source = load_pipeline(str(run), "best")
     assert source.endswith(f"checkpoint-{best['step']}/pipeline")
+
+
+@pytest.mark.parametrize("flags,expected", [((), "DDPMScheduler"), (("--sample_scheduler", "ddim"), "DDIMScheduler")])
+def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, monkeypatch, flags, expected):
+    """By default the grids and the KID that picks the best checkpoint come from the sampler
+    sample_ddpm.py uses by default (a checkpoint ranked by DDIM images may not be the best
+    under DDPM: their KIDs differed 4x on the demo model)."""
+    from ddpm_lesion import validation
+    from ddpm_lesion.sample_config import SampleConfig
+
+    assert (TrainConfig().sample_scheduler, TrainConfig().sample_inference_steps) == \
+        (SampleConfig().scheduler, SampleConfig().num_inference_steps)
+    used = []
+
+    def recording(unet, scheduler, *args, **kwargs):
+        used.append(type(scheduler).__name__)
+        return training_denoise(unet, scheduler, *args, **kwargs)
+
+    training_denoise = training.denoise
+    monkeypatch.setattr(training, "denoise", recording)
+    monkeypatch.setattr(validation, "denoise", recording)
+    write_images(tmp_path / "heldout", 6, size=20, seed=9)
+    train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features", "pixels",
+                   "--validation_num_images", "4", "--checkpointing_steps", "2", *flags, steps=2))
+    assert len(used) >= 2 and set(used) == {expected}  # one KID, one grid at least
