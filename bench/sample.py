@@ -44,6 +44,7 @@ from ddpm_lesion.evaluate import EvalConfig, evaluate_folders
 from ddpm_lesion.features import FeatureSpace
 from ddpm_lesion.generation import AUTOCAST_DTYPES, generate
 from ddpm_lesion.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.sampling import DEFAULT_STEPS
 
 ORIGIN_STEPS, ORIGIN_BATCH = 50, 4
 
@@ -134,9 +135,8 @@ def bench_size(name: str, args: argparse.Namespace, device: str) -> dict:
         if not (model_dir / "model_index.json").is_file():
             DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(model_dir)
         scale = 1 if args.full else 10
-        origin_steps, our_steps = ORIGIN_STEPS // scale, None if args.full else SampleConfig().num_inference_steps // scale
+        origin_steps, our_steps = ORIGIN_STEPS // scale, None if args.full else DEFAULT_STEPS // scale
         n_ours, n_origin = args.num_images or 16, args.origin_images or 8
-    default_steps = SampleConfig().num_inference_steps
     recorded = ours(model_dir, work / "ours", n_ours, our_steps, seed=0)[1]  # the settings `auto` resolves to
     # The same defaults in the other precision, to show what bf16 itself is worth here.
     other = "no" if recorded["mixed_precision"] == "bf16" else "bf16"
@@ -160,7 +160,7 @@ def bench_size(name: str, args: argparse.Namespace, device: str) -> dict:
               "ours_settings": {k: recorded[k] for k in ("scheduler", "num_inference_steps", "batch_size",
                                                          "mixed_precision")}}
     for variant, precision in precisions.items():
-        steps = ORIGIN_STEPS if variant == "origin" else default_steps
+        steps = ORIGIN_STEPS if variant == "origin" else DEFAULT_STEPS
         per_image = [s * scale / (n_origin if variant == "origin" else n_ours) for s in seconds[variant]]
         median = spread(per_image)[0]
         network = gflop * networks[variant].images / spread(seconds[f"{variant} network"])[0]

@@ -11,11 +11,14 @@ KID(candidate) - KID(reference). The evidence behind `SampleConfig`'s default sa
     python bench/samplers.py                                   # demo model, ~30 min on 1 core
     python bench/samplers.py --model_dir /tmp/bench-run --real_set melanoma
     python bench/samplers.py --model_dir runs/melanoma --real_dir ISIC/heldout_melanoma --resolution 64
+    python bench/samplers.py --model_dir runs/melanoma --real_dir ISIC/heldout_melanoma --resolution 64 \
+        --settings ddim:16 ddim:20 runs/melanoma-4step@ddim:4     # a distilled student against its teacher
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -48,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--real_dir", type=Path, default=None, help="a folder of real images instead of --real_set")
     parser.add_argument("--resolution", type=int, default=32, help="images are compared at this size")
     parser.add_argument("--num_images", type=int, default=500, help="synthetic images per setting")
-    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="SCHEDULER:STEPS[:PRECISION]")
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="[MODEL@]SCHEDULER:STEPS[:PRECISION]",
+                        help="MODEL@ samples another model folder than --model_dir, e.g. a distilled student")
     parser.add_argument("--reference", default="ddpm:50", help="the setting every other is compared with")
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/ddpm-lesion-bench/samplers"))
     parser.add_argument("--subsets", type=int, default=100)
@@ -56,11 +60,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def setting_place(args: argparse.Namespace, setting: str) -> tuple[str, str, str]:
+    """(model folder, sampler spec, folder-safe name) of a setting `[MODEL@]SCHEDULER:STEPS[:PRECISION]`;
+    without `MODEL@` the setting samples `--model_dir`. A model's images and features are kept
+    under its name and a hash of its path, so another run naming the same model and spec
+    reuses them, and two models of the same name never share a folder."""
+    model, _, spec = setting.rpartition("@")
+    model = model or args.model_dir
+    return model, spec, f"{model_key(model)}/{spec.replace(':', '-')}"
+
+
+def model_key(model: str) -> str:
+    return f"{Path(model).name}-{hashlib.sha256(str(Path(model).resolve()).encode()).hexdigest()[:8]}"
+
+
 def sample_folder(args: argparse.Namespace, setting: str) -> tuple[Path, float]:
     """Generate (or resume) the images of one setting; seconds per image of this call."""
-    scheduler, steps, *precision = setting.split(":")
-    out = args.work_dir / Path(args.model_dir).name / setting.replace(":", "-")
-    cfg = SampleConfig(model_dir=args.model_dir, output_dir=out, num_images=args.num_images, batch_size=50,
+    model, spec, name = setting_place(args, setting)
+    scheduler, steps, *precision = spec.split(":")
+    out = args.work_dir / name
+    cfg = SampleConfig(model_dir=model, output_dir=out, num_images=args.num_images, batch_size=50,
                        scheduler=SchedulerName(scheduler), num_inference_steps=int(steps),
                        mixed_precision=MixedPrecision((precision or ["no"])[0]),
                        seed=0)
@@ -76,13 +95,14 @@ def main() -> None:
     eval_config = EvalConfig(features=[FeatureSpace.EFFICIENTNET, FeatureSpace.PIXELS], resolution=args.resolution,
                              kid_subsets=args.subsets, kid_subset_size=args.subset_size)
     extractors, _ = resolve_extractors(eval_config.features)
-    cache = args.work_dir / "features" / Path(args.model_dir).name
-    real_feats = cached_features("real", real_dir, cache / "real", extractors, eval_config.resolution)
+    cache = args.work_dir / "features"
+    real_feats = cached_features("real", real_dir, cache / model_key(args.model_dir) / "real", extractors,
+                                 eval_config.resolution)
 
     results, feats = {}, {}
     for setting in settings:
         folder, seconds = sample_folder(args, setting)
-        feats[setting] = cached_features("synthetic", folder / "individual", cache / setting.replace(":", "-"),
+        feats[setting] = cached_features("synthetic", folder / "individual", cache / setting_place(args, setting)[2],
                                          extractors, eval_config.resolution)
         results[setting] = {"seconds_per_image": seconds, "kid": {
             e.key: score_space(real_feats[e.key], feats[setting][e.key], e, eval_config)[0]["metrics"]["kid"]

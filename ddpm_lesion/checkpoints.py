@@ -29,7 +29,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from ddpm_lesion.conditioning import save_class_names
+from ddpm_lesion.conditioning import load_class_names, save_class_names
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import replace_dir, write_text_atomic
 from ddpm_lesion.model import CHECKPOINT_PREFIX, PIPELINE_SUBDIR, list_checkpoints, read_best
@@ -61,6 +61,21 @@ def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, folder: Path, cla
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
     if class_names is not None:
         save_class_names(folder, class_names)
+
+
+def publish_pipeline(source: Path, dest: Path) -> None:
+    """Copy the pipeline folder `source` into `dest` (which may hold other files: a run's
+    checkpoints and logs), each part replaced whole and `model_index.json` written last,
+    so its presence means the pipeline there is complete."""
+    for sub in ("unet", "scheduler"):
+        tmp = dest / f".{sub}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source / sub, tmp)
+        replace_dir(tmp, dest / sub)
+    class_names = load_class_names(source)
+    if class_names is not None:
+        save_class_names(dest, class_names)
+    write_text_atomic(dest / "model_index.json", (source / "model_index.json").read_text(encoding="utf-8"))
 
 
 def check_finite(unet: UNet2DModel) -> None:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "utility": ("ddpm_lesion.utility", "Does adding the synthetic images improve a classifier on real held-out patients?"),
     "balance": ("ddpm_lesion.balance", "Top up the rare classes of a labelled training set with synthetic images."),
     "split": ("ddpm_lesion.split", "Patient-level train/val/test split of a labels CSV, stratified by class."),
+    "distill": ("ddpm_lesion.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
 }
 
 

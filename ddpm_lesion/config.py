@@ -56,7 +56,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kind, is_list = _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = default.value if isinstance(default, enum.Enum) else default
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{f.metadata.get('help', '')} (default: {shown})"}
+        text = f.metadata.get("help", "")
+        if "(default:" not in text:  # a help text that explains its own default (e.g. automatic) keeps it
+            text += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%")}  # argparse formats help
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

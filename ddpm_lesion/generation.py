@@ -6,8 +6,8 @@ The steps, each in its own module: the main process checks the output folder
 still miss images; the processes deal those blocks out; each samples a block on its device
 (`sampling`) while worker threads encode and write the previous block's PNGs with their
 provenance (`provenance`); at the end the main process rebuilds the manifest and the
-preview grids from what is on disk. Settings left on `auto` (batch size, precision) are
-resolved once, by the main process, before anything is planned (`autotune`).
+preview grids from what is on disk. Settings left on `auto` (sampler and steps, batch size,
+precision) are resolved once, by the main process, before anything is planned (`autotune`).
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from ddpm_lesion.config import to_plain_dict
 from ddpm_lesion.distributed import check_process_count, use_cpu
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import write_bytes_atomic
-from ddpm_lesion.model import load_pipeline, model_sha256
+from ddpm_lesion.model import DISTILLED_FILE, load_pipeline, model_sha256, read_distilled
 from ddpm_lesion.output_folder import OutputLayout, finalize, prepare_output, recorded_config, remove_leftovers
 from ddpm_lesion.provenance import encode_png, image_settings, png_text
 from ddpm_lesion.sample_config import RESUME_KEYS, CompileMode, MixedPrecision, ReportTo, SampleConfig, validate
-from ddpm_lesion.sampling import denoise, image_generators, initial_noise, make_scheduler
+from ddpm_lesion.sampling import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName, denoise, image_generators,
+                                  initial_noise, make_scheduler)
 from ddpm_lesion.sharding import Shard, block_indices, num_blocks, parse_shard, shard_blocks
 
 T = TypeVar("T")
@@ -83,11 +84,8 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     shard = parse_shard(cfg.shard)
     state = distributed_state()
     pipeline, source = load_pipeline(cfg.model_dir, cfg.checkpoint)
+    distilled = read_distilled(source)
     unet = pipeline.unet.eval()
-    scheduler = make_scheduler(cfg.scheduler, pipeline.scheduler.config)
-    if cfg.num_inference_steps > scheduler.config.num_train_timesteps:
-        raise UserError(f"--num_inference_steps {cfg.num_inference_steps} exceeds the model's "
-                        f"{scheduler.config.num_train_timesteps} training timesteps.")
     class_idx = _class_to_generate(cfg, unet, source)
     shape = _image_shape(unet)
     size = _output_size(shape, cfg.output_size)
@@ -97,7 +95,11 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     guided = class_idx is not None and cfg.guidance_scale != 1.0
     cfg, auto_notes = run_on_main_process(
         state, lambda: resolve_auto(cfg, None if cfg.overwrite else recorded_config(layout), unet, shape,
-                                    state.device, guided))
+                                    state.device, guided, distilled))
+    scheduler = make_scheduler(cfg.scheduler, pipeline.scheduler.config)
+    if cfg.num_inference_steps > scheduler.config.num_train_timesteps:
+        raise UserError(f"--num_inference_steps {cfg.num_inference_steps} exceeds the model's "
+                        f"{scheduler.config.num_train_timesteps} training timesteps.")
     settings = image_settings(model_sha256=sha256, seed=cfg.seed, scheduler=cfg.scheduler.value,
                               steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
                               mixed_precision=cfg.mixed_precision.value, torch_compile=cfg.torch_compile.value,
@@ -109,7 +111,7 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     # out round-robin, so a resumed run is balanced however the earlier one was split.
     job_size, todo = run_on_main_process(state, lambda: _plan(cfg, shard, layout, settings, state.print))
     job_todo = sum(len(missing) for _, missing in todo)
-    state.print(_header(cfg, source, settings, state, job_size, job_todo, layout, auto_notes))
+    state.print(_header(cfg, source, settings, state, job_size, job_todo, layout, auto_notes, distilled))
     if cfg.torch_compile is not CompileMode.NO:
         unet.compile(mode=cfg.torch_compile.value)
 
@@ -129,16 +131,18 @@ def generate(cfg: SampleConfig) -> SampleSummary:
 
 
 def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2DModel, shape: tuple[int, int, int],
-                 device: torch.device, guided: bool) -> tuple[SampleConfig, list[str]]:
+                 device: torch.device, guided: bool, distilled: dict[str, Any] | None = None
+                 ) -> tuple[SampleConfig, list[str]]:
     """`cfg` with its automatic settings made concrete, and a log line for each.
 
     A folder that already recorded a value (its `sample_config.yaml`) keeps it, so resuming
-    never depends on today's free memory or on which machine resumes. Shard jobs that start
-    at the same time may find no record yet and would each measure their own machine, so
-    they must agree on a batch size given explicitly.
+    never depends on today's free memory, on which machine resumes or on a changed default.
+    Shard jobs that start at the same time may find no record yet and would each measure
+    their own machine, so they must agree on a batch size given explicitly. `distilled` is
+    the model's `distilled.json` (`read_distilled`), None for an ordinary model.
     """
     recorded = recorded or {}
-    changes, notes = {}, []
+    changes, notes = _resolve_sampler(cfg, recorded, distilled)
     if cfg.mixed_precision is MixedPrecision.AUTO:
         if recorded.get("mixed_precision") in {p.value for p in MixedPrecision} - {MixedPrecision.AUTO.value}:
             changes["mixed_precision"] = MixedPrecision(recorded["mixed_precision"])
@@ -165,8 +169,44 @@ def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2
     return dataclasses.replace(cfg, **changes), notes
 
 
+def _resolve_sampler(cfg: SampleConfig, recorded: dict[str, Any], distilled: dict[str, Any] | None
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """The automatic scheduler and step count (the changes to `cfg`) and a log line for them.
+
+    In order: what the folder recorded; what a distilled model was distilled for (it gives
+    poor images with anything else); the defaults chosen by KID on the demo model.
+    """
+    if distilled is None:
+        own, why = {"scheduler": DEFAULT_SCHEDULER.value, "num_inference_steps": DEFAULT_STEPS}, "not a distilled model"
+    else:
+        own, why = distilled, "distilled model"
+    was_recorded = {"scheduler": recorded.get("scheduler") in {s.value for s in SchedulerName},
+                    "num_inference_steps": isinstance(recorded.get("num_inference_steps"), int)}
+    changes, described = {}, {}
+    for name, in_record in was_recorded.items():
+        if getattr(cfg, name) is None:
+            changes[name], reason = (recorded[name], "as recorded in the folder") if in_record else (own[name], why)
+            described.setdefault(reason, []).append(
+                f"sampler {changes[name]}" if name == "scheduler" else f"{changes[name]} steps")
+    if "scheduler" in changes:
+        changes["scheduler"] = SchedulerName(changes["scheduler"])
+    return changes, [f"{', '.join(what)} (auto: {reason})" for reason, what in described.items()]
+
+
+def _distilled_warning(cfg: SampleConfig, source: str, distilled: dict[str, Any] | None) -> str | None:
+    """A warning when a distilled model is sampled with other settings than it was distilled for:
+    allowed (e.g. to measure how much worse), but never by accident."""
+    if distilled is None or (cfg.scheduler.value, cfg.num_inference_steps) == (distilled["scheduler"],
+                                                                              distilled["num_inference_steps"]):
+        return None
+    return (f"warning: the model in {source} was distilled for {distilled['num_inference_steps']} steps of "
+            f"{distilled['scheduler']} (its {DISTILLED_FILE}); other settings, like {cfg.scheduler.value} with "
+            f"{cfg.num_inference_steps} steps here, give poor images. Leave --scheduler and --num_inference_steps "
+            f"unset to use its own.")
+
+
 def _header(cfg: SampleConfig, source: str, settings: dict[str, str], state: PartialState, job_size: int,
-            job_todo: int, layout: OutputLayout, auto_notes: list[str]) -> str:
+            job_todo: int, layout: OutputLayout, auto_notes: list[str], distilled: dict[str, Any] | None) -> str:
     """What is about to happen, for the log: model, sampler, processes, work left."""
     lines = [f"model: {source} (sha256 {settings['model_sha256'][:16]}...)"]
     sampler = (f"{cfg.scheduler.value}, {cfg.num_inference_steps} steps, batch {cfg.batch_size}, "
@@ -180,6 +220,8 @@ def _header(cfg: SampleConfig, source: str, settings: dict[str, str], state: Par
     threads = f" with {torch.get_num_threads()} CPU threads each" if state.device.type == "cpu" else ""
     lines.append(f"{sampler}; {state.num_processes} process(es) on {state.device}{threads}")
     lines += [f"  {note}" for note in auto_notes]
+    if warning := _distilled_warning(cfg, source, distilled):
+        lines.append(warning)
     launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", cfg.mixed_precision.value)
     if launcher_precision != cfg.mixed_precision.value:
         lines.append(f"note: accelerate's mixed precision '{launcher_precision}' is not used; precision is part of "

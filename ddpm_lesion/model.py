@@ -18,6 +18,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_lesion.errors import UserError
+from ddpm_lesion.sampling import SchedulerName
 
 CHECKPOINT_PREFIX = "checkpoint-"
 PIPELINE_SUBDIR = "pipeline"
@@ -90,6 +91,46 @@ def read_best(run_dir: Path) -> dict | None:
     """The checkpoint with the lowest validation KID so far (`ddpm_lesion.validation`)."""
     path = Path(run_dir) / BEST_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+DISTILLED_FILE = "distilled.json"
+
+
+def read_distilled(pipeline_dir: str | Path) -> dict | None:
+    """The record of a distilled model (`ddpm-lesion distill`), or None for any other model or a hub id.
+
+    A distilled network learned the jumps of one sampler at one step count (its `scheduler`
+    and `num_inference_steps`) and gives poor images with any other, so sampling reads them
+    from here. The file is checked now: a typo would otherwise surface as a bad sampler
+    after the model is loaded, or silently as poor images.
+    """
+    path = Path(pipeline_dir) / DISTILLED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"it is not valid JSON ({err})"
+    else:
+        problem = _distilled_problem(record)
+    if problem:
+        raise UserError(f"{path} is malformed: {problem}. `ddpm-lesion distill` writes it to name the sampler the "
+                        f"model was distilled for, e.g. {{\"scheduler\": \"ddim\", \"num_inference_steps\": 4, ...}}: "
+                        f"rerun the distillation, or correct the file.")
+    return record
+
+
+def _distilled_problem(record: object) -> str | None:
+    """What is wrong with a parsed `distilled.json` (only the fields sampling uses), or None."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    names = [s.value for s in SchedulerName]
+    if record.get("scheduler") not in names:
+        return f"'scheduler' is {record.get('scheduler')!r}, not one of {', '.join(names)}"
+    steps = record.get("num_inference_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        return f"'num_inference_steps' is {steps!r}, not a positive integer"
+    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -51,14 +51,19 @@ class SampleConfig:
                                           "Part of an image's identity: float rounding depends on the batch, so a "
                                           "folder records it and a resumed run reuses it.", metavar="N")
     max_batch_size: int = option(256, "Ceiling of the automatic --batch_size.")
-    scheduler: SchedulerName = option(DEFAULT_SCHEDULER, "Sampler, configured from the model's own noise schedule. "
-                                                         "The default is the one no faster sampler matched in KID "
-                                                         "on the fine-tuned demo model (BENCHMARKS.md); check a "
-                                                         "faster one on your model with bench/samplers.py before "
-                                                         "switching.")
-    num_inference_steps: int = option(DEFAULT_STEPS, "Network calls per image (ddpm: below 30 measurably worse on the "
-                                                     "fine-tuned demo model; dpmsolver++/unipc ~20 on well-trained "
-                                                     "models).")
+    scheduler: SchedulerName | None = option(None, "Sampler, configured from the model's own noise schedule "
+                                                   "(default: automatic -- the one a distilled model was distilled "
+                                                   "for, from its distilled.json, else "
+                                                   f"{DEFAULT_SCHEDULER.value}: no faster sampler matched its KID "
+                                                   "on the fine-tuned demo model, BENCHMARKS.md). Check a faster "
+                                                   "one on your model with bench/samplers.py before switching. "
+                                                   "The folder records the resolved value.")
+    num_inference_steps: int | None = option(None, "Network calls per image (default: automatic -- a distilled "
+                                                   f"model's own count, else {DEFAULT_STEPS}). ddpm: below 30 "
+                                                   "measurably worse on the fine-tuned demo model; "
+                                                   "dpmsolver++/unipc ~20 on well-trained models; a distilled model "
+                                                   "gives poor images at any other count. The folder records the "
+                                                   "resolved value.", metavar="N")
     mixed_precision: MixedPrecision = option(MixedPrecision.AUTO, "Run the network under fp16/bf16 autocast; the "
                                                                   "sampler arithmetic stays fp32. auto: bf16 where "
                                                                   "the device runs it natively (Ampere+ GPUs, CPUs "

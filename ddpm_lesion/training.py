@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -28,13 +27,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm_lesion import batching, checkpoints, tracking
-from ddpm_lesion.conditioning import add_class_embedding, drop_labels, load_class_names, save_class_names
+from ddpm_lesion.conditioning import add_class_embedding, drop_labels
 from ddpm_lesion.config import config_differences, load_yaml, option, save_config, to_plain_dict
 from ddpm_lesion.data import load_training_images
 from ddpm_lesion.distributed import check_process_count, use_cpu
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.features import FeatureSpace
-from ddpm_lesion.fileio import remove_stale_temps, replace_dir, write_bytes_atomic, write_text_atomic
+from ddpm_lesion.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
 from ddpm_lesion.grids import make_grid
 from ddpm_lesion.labels import parse_filter
 from ddpm_lesion.losses import augment, diffusion_loss
@@ -463,15 +462,5 @@ def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel
 
 
 def publish_final(run: Path, step: int) -> None:
-    """Copy the last checkpoint's pipeline to the top of the run folder, diffusers'
-    convention, writing `model_index.json` last so its presence means complete."""
-    source = run / f"{checkpoints.CHECKPOINT_PREFIX}{step}" / checkpoints.PIPELINE_SUBDIR
-    for sub in ("unet", "scheduler"):
-        tmp = run / f".{sub}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source / sub, tmp)
-        replace_dir(tmp, run / sub)
-    class_names = load_class_names(source)
-    if class_names is not None:
-        save_class_names(run, class_names)
-    write_text_atomic(run / "model_index.json", (source / "model_index.json").read_text(encoding="utf-8"))
+    """The last checkpoint's pipeline at the top of the run folder, diffusers' convention."""
+    checkpoints.publish_pipeline(run / f"{checkpoints.CHECKPOINT_PREFIX}{step}" / checkpoints.PIPELINE_SUBDIR, run)

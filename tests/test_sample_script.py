@@ -11,6 +11,7 @@ but may differ by float rounding, so a folder refuses a changed --batch_size.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_tiny_pipeline
+from conftest import save_tiny_pipeline, tiny_unet
 from launch_utils import REPO, run_script, start_script
 
 sys.path.insert(0, str(REPO))
@@ -332,6 +333,111 @@ def test_refuses_images_of_another_model(model, tmp_path, capsys):
     other = save_tiny_pipeline(tmp_path / "other", seed=1)
     assert sample(model, out, "--num_images", "2", *FAST) == 0
     assert "model_sha256:" in error_of(capsys, sample(other, out, "--num_images", "2", *FAST))
+
+
+# ------------------------------------------------------------------------ the automatic sampler, distilled models
+
+DISTILLED = {"scheduler": "ddim", "num_inference_steps": 2, "teacher": "runs/tiny", "teacher_sha256": "0" * 64,
+             "rounds": []}
+
+
+def save_distilled_pipeline(path: Path, record: str = json.dumps(DISTILLED)) -> Path:
+    """A tiny model laid out as `ddpm-lesion distill` writes one: a DDIM scheduler config with
+    trailing timesteps and `distilled.json` (raw text here, so a test can break it)."""
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    DDPMPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(path, safe_serialization=True)
+    (path / "distilled.json").write_text(record)
+    return path
+
+
+@pytest.fixture(scope="module")
+def distilled_model(tmp_path_factory) -> Path:
+    return save_distilled_pipeline(tmp_path_factory.mktemp("distilled") / "tiny-distilled")
+
+
+@pytest.fixture
+def denoise_calls(monkeypatch) -> list[tuple[str, str, int]]:
+    """(scheduler class, its timestep spacing, steps) of every batch `generate` denoises."""
+    from ddpm_lesion import generation
+
+    calls, real = [], generation.denoise
+
+    def spy(unet, scheduler, noise, generators, num_inference_steps, *args, **kwargs):
+        calls.append((type(scheduler).__name__, scheduler.config.timestep_spacing, num_inference_steps))
+        return real(unet, scheduler, noise, generators, num_inference_steps, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "denoise", spy)
+    return calls
+
+
+def recorded_sampler(out: Path) -> tuple[tuple[str, int], set[tuple[str, str]]]:
+    """(scheduler, steps) in sample_config.yaml, and the set of (scheduler, steps) in the manifest."""
+    import yaml
+
+    saved = yaml.safe_load((out / "sample_config.yaml").read_text())
+    return ((saved["scheduler"], saved["num_inference_steps"]),
+            {(row["scheduler"], row["steps"]) for row in read_manifest(out / "manifest.csv")})
+
+
+def test_an_ordinary_model_gets_the_default_sampler(model, tmp_path, capsys, denoise_calls):
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "2", "--batch_size", "2") == 0
+    assert recorded_sampler(out) == (("ddpm", 50), {("ddpm", "50")})
+    assert denoise_calls == [("DDPMScheduler", "leading", 50)]
+    log = capsys.readouterr().out
+    assert "sampler ddpm, 50 steps (auto: not a distilled model)" in log and "warning" not in log
+
+
+def test_a_distilled_model_brings_its_own_sampler(distilled_model, tmp_path, capsys, denoise_calls):
+    out = tmp_path / "out"
+    assert sample(distilled_model, out, "--num_images", "3", "--batch_size", "2") == 0
+    assert recorded_sampler(out) == (("ddim", 2), {("ddim", "2")})
+    assert denoise_calls == [("DDIMScheduler", "trailing", 2)] * 2
+    log = capsys.readouterr().out
+    assert "sampler ddim, 2 steps (auto: distilled model)" in log and "warning" not in log
+
+
+def test_other_settings_on_a_distilled_model_are_used_with_a_warning(distilled_model, tmp_path, capsys,
+                                                                      denoise_calls):
+    out = tmp_path / "out"
+    assert sample(distilled_model, out, "--num_images", "2", "--batch_size", "2", "--num_inference_steps", "3") == 0
+    assert recorded_sampler(out) == (("ddim", 3), {("ddim", "3")})
+    assert denoise_calls == [("DDIMScheduler", "trailing", 3)]
+    log = capsys.readouterr().out
+    assert "sampler ddim (auto: distilled model)" in log
+    assert "warning: " in log and "distilled for 2 steps of ddim" in log and "poor images" in log
+
+
+def test_a_resume_keeps_the_recorded_sampler(model, tmp_path, capsys, denoise_calls):
+    """A folder made with a sampler given explicitly resumes with it when the flags are left
+    out, rather than with today's automatic choice (DDPM-50), which it would refuse."""
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "3", "--batch_size", "2", "--scheduler", "ddim",
+                  "--num_inference_steps", "2") == 0
+    before = (out / "individual" / "synthetic_000002.png").read_bytes()
+    (out / "individual" / "synthetic_000002.png").unlink()
+    capsys.readouterr()
+    assert sample(model, out, "--num_images", "3", "--batch_size", "2") == 0
+    assert "sampler ddim, 2 steps (auto: as recorded in the folder)" in capsys.readouterr().out
+    assert (out / "individual" / "synthetic_000002.png").read_bytes() == before
+    assert recorded_sampler(out) == (("ddim", 2), {("ddim", "2")})
+    assert denoise_calls[-1] == ("DDIMScheduler", "leading", 2)
+
+
+@pytest.mark.parametrize("record,problem", [
+    ("{not json", "not valid JSON"),
+    ("[]", "not an object"),
+    (json.dumps({**DISTILLED, "scheduler": "lcm"}), "'scheduler' is 'lcm'"),
+    (json.dumps({**DISTILLED, "num_inference_steps": 0}), "'num_inference_steps' is 0"),
+    (json.dumps({"scheduler": "ddim"}), "'num_inference_steps' is None"),
+])
+def test_a_malformed_distilled_record_is_refused(tmp_path, capsys, record, problem):
+    folder = save_distilled_pipeline(tmp_path / "model", record)
+    err = error_of(capsys, sample(folder, tmp_path / "out", "--num_images", "1"))
+    assert f"{folder / 'distilled.json'} is malformed: " in err and problem in err and "ddpm-lesion distill" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

@@ -310,10 +310,9 @@ def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, mo
     sample_ddpm.py uses by default (a checkpoint ranked by DDIM images may not be the best
     under DDPM: their KIDs differed 4x on the demo model)."""
     from ddpm_lesion import validation
-    from ddpm_lesion.sample_config import SampleConfig
+    from ddpm_lesion.sampling import DEFAULT_SCHEDULER, DEFAULT_STEPS
 
-    assert (TrainConfig().sample_scheduler, TrainConfig().sample_inference_steps) == \
-        (SampleConfig().scheduler, SampleConfig().num_inference_steps)
+    assert (TrainConfig().sample_scheduler, TrainConfig().sample_inference_steps) == (DEFAULT_SCHEDULER, DEFAULT_STEPS)
     used = []
 
     def recording(unet, scheduler, *args, **kwargs):
