@@ -51,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--real_dir", type=Path, default=None, help="a folder of real images instead of --real_set")
     parser.add_argument("--resolution", type=int, default=32, help="images are compared at this size")
     parser.add_argument("--num_images", type=int, default=500, help="synthetic images per setting")
-    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="[MODEL@]SCHEDULER:STEPS[:PRECISION]",
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
+                        metavar="[MODEL@]SCHEDULER:STEPS[:PRECISION]",
                         help="MODEL@ samples another model folder than --model_dir, e.g. a distilled student")
     parser.add_argument("--reference", default="ddpm:50", help="the setting every other is compared with")
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/ddpm-lesion-bench/samplers"))

@@ -54,7 +54,7 @@ from ddpm_lesion.balance_plan import (
 from ddpm_lesion.config import (
     add_dataclass_arguments,
     config_differences,
-    config_from_sources,
+    config_from_args,
     load_yaml,
     option,
     save_config,
@@ -457,8 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(BalanceConfig)} | {"config"}
-    balance(config_from_sources(BalanceConfig, {k: v for k, v in vars(args).items() if k in names}))
+    balance(config_from_args(BalanceConfig, args))
     return 0
 
 

@@ -59,7 +59,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         text = f.metadata.get("help", "")
         if "(default:" not in text:  # a help text that explains its own default (e.g. automatic) keeps it
             text += f" (default: {shown})"
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%")}  # argparse formats help
+        # argparse %-formats help texts: a literal "%" must be doubled
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -120,6 +121,13 @@ def config_from_sources(cls: type[T], typed: dict[str, Any]) -> T:
         values.update(load_yaml(Path(config_path)))
     values.update(typed)
     return _coerce(cls, values, str(config_path) if config_path else "command line")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """`cls` from a sub-command's parsed arguments, which may hold options of other
+    dataclasses too (positional arguments, the sub-command's name)."""
+    names = {f.name for f in dataclasses.fields(cls)} | {"config"}
+    return config_from_sources(cls, {k: v for k, v in vars(args).items() if k in names})
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

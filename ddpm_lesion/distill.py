@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ddpm_lesion import batching, checkpoints, tracking
 from ddpm_lesion.autotune import bf16_is_fast
-from ddpm_lesion.config import (add_dataclass_arguments, config_differences, config_from_sources, load_yaml, option,
+from ddpm_lesion.config import (add_dataclass_arguments, config_differences, config_from_args, load_yaml, option,
                                 save_config, to_plain_dict)
 from ddpm_lesion.data import load_training_images
 from ddpm_lesion.errors import UserError
@@ -183,6 +183,10 @@ def distill(cfg: DistillConfig) -> Path:
         raise UserError(f"{source} predicts {base['prediction_type']!r}; distill supports epsilon models only.")
     clip_range = base.get("clip_sample_range", 1.0) if base.get("clip_sample") else None
     num_train = base["num_train_timesteps"]
+    if num_train % cfg.num_inference_steps:
+        raise UserError(f"--num_inference_steps {cfg.num_inference_steps} must divide the model's {num_train} training "
+                        "timesteps: DDIMScheduler steps back by their quotient, so any other count would sample on "
+                        "another grid than the student learned (e.g. 4, 5, 8 or 10 for 1000).")
     alphas = torch.as_tensor(pipeline.scheduler.alphas_cumprod, dtype=torch.float32)
     images = load_training_images(cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter],
                                   cfg.id_column, unet.config.sample_size, cache_dir=cfg.cache_dir).pixels.to(device)
@@ -322,6 +326,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(DistillConfig)} | {"config"}
-    distill(config_from_sources(DistillConfig, {k: v for k, v in vars(args).items() if k in names}))
+    distill(config_from_args(DistillConfig, args))
     return 0

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ddpm_lesion import __version__, metrics
-from ddpm_lesion.config import add_dataclass_arguments, config_from_sources, option, to_plain_dict
+from ddpm_lesion.config import add_dataclass_arguments, config_from_args, option, to_plain_dict
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.features import Extractor, FeatureSpace, extract, resolve_extractors
 from ddpm_lesion.image_sets import ImageSet, load_image_set
@@ -247,8 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(EvalConfig)} | {"config"}
-    config = config_from_sources(EvalConfig, {k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(EvalConfig, args)
     result = evaluate_folders(args.real, args.synthetic, args.train, config, args.output_dir)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

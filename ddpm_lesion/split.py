@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ddpm_lesion.balance_plan import class_scheme, layout_class_columns, row_label
-from ddpm_lesion.config import add_dataclass_arguments, config_from_sources, option
+from ddpm_lesion.config import add_dataclass_arguments, config_from_args, option
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.label_writer import check_can_add_columns, write_labels
 from ddpm_lesion.labels import LabelTable, read_labels
@@ -193,7 +193,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(SplitConfig)} | {"config"}
-    cfg = config_from_sources(SplitConfig, {k: v for k, v in vars(args).items() if k in names})
+    cfg = config_from_args(SplitConfig, args)
     print(split_labels(cfg).to_text())
     return 0

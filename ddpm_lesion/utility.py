@@ -24,7 +24,7 @@ import torch
 
 from ddpm_lesion import __version__, clf_metrics
 from ddpm_lesion.classifier import Arch, TrainSettings, predict_scores, train_classifier
-from ddpm_lesion.config import add_dataclass_arguments, config_from_sources, option, to_plain_dict
+from ddpm_lesion.config import add_dataclass_arguments, config_from_args, option, to_plain_dict
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.utility_data import UtilityData, load_utility_data
 from ddpm_lesion.utility_report import write_utility_report
@@ -250,8 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = {f.name for f in dataclasses.fields(UtilityConfig)} | {"config"}
-    config = config_from_sources(UtilityConfig, {k: v for k, v in vars(args).items() if k in names})
+    config = config_from_args(UtilityConfig, args)
     result = run_utility(args.labels_csv, args.train_data_dir, args.test_csv, args.output_dir, config,
                          args.synthetic_data_dir, args.test_data_dir)
     for warning in result["warnings"]:

@@ -129,6 +129,9 @@ def test_changed_settings_and_bad_inputs_are_refused(tmp_path):
     with pytest.raises(UserError, match="power of two"):
         distill(make_cfg(tmp_path, output_dir=tmp_path / "new", teacher_steps=6, num_inference_steps=4))
     assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match="must divide the model's 1000 training timesteps"):
+        distill(make_cfg(tmp_path, output_dir=tmp_path / "new", teacher_steps=6, num_inference_steps=3))
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_runs_distill_and_sampling_uses_the_student_s_sampler(tmp_path, capsys):
