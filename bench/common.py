@@ -8,6 +8,8 @@ min and max; the ratio is taken between medians of the same run.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
@@ -191,3 +193,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def run_sizes(args: argparse.Namespace, bench_size: Callable[[str, argparse.Namespace, str], dict],
+              report: Callable[[list[dict], dict[str, str]], str]) -> None:
+    """A bench script's main: each requested size on the GPU if there is one, the table
+    printed, and the machine record and raw results saved to `--work_dir`/results.json."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = machine()
+    sizes = ["tiny", "origin64"] if args.size == "all" else [args.size]
+    results = [bench_size(name, args, device) for name in sizes]
+    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(report(results, info))
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2,
+                                                           default=float))

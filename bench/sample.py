@@ -27,8 +27,6 @@ import argparse
 import contextlib
 import copy
 import io
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +36,8 @@ import yaml
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
-from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, machine, markdown_table, origin_unet,
-                    peak_memory, spread, write_real_set)
+from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, markdown_table, origin_unet,
+                    peak_memory, run_sizes, spread, write_real_set)
 from ddpm_lesion.evaluate import EvalConfig, evaluate_folders
 from ddpm_lesion.features import FeatureSpace
 from ddpm_lesion.generation import AUTOCAST_DTYPES, generate
@@ -221,18 +219,7 @@ def report(results: list[dict], info: dict[str, str]) -> str:
 
 
 def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    info = machine()
-    sizes = ["tiny", "origin64"] if args.size == "all" else [args.size]
-    results = [bench_size(name, args, device) for name in sizes]
-    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(report(results, info))
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2,
-                                                           default=float))
+    run_sizes(parse_args(), bench_size, report)
 
 
 if __name__ == "__main__":

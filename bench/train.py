@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -34,8 +32,8 @@ from accelerate import Accelerator
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 
-from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, machine, markdown_table, origin_unet,
-                    peak_memory, spread)
+from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, markdown_table, origin_unet,
+                    peak_memory, spread, run_sizes)
 from ddpm_lesion.training import MixedPrecision, TrainConfig, build_model, build_optimizer, train_step
 
 BATCH = 16
@@ -118,8 +116,8 @@ def run_steps(step: OriginStep | OurStep, steps: int) -> None:
         step()
 
 
-def bench_size(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    work = args.work_dir / name
+def bench_size(name: str, args: argparse.Namespace, device_name: str) -> dict:
+    device, work = torch.device(device_name), args.work_dir / name
     if name == "tiny":
         model_dir = DEMO_MODEL
     else:
@@ -171,18 +169,7 @@ def report(results: list[dict], info: dict[str, str]) -> str:
 
 
 def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    info = machine()
-    sizes = ["tiny", "origin64"] if args.size == "all" else [args.size]
-    results = [bench_size(name, args, device) for name in sizes]
-    info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(report(results, info))
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    (args.work_dir / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2,
-                                                           default=float))
+    run_sizes(parse_args(), bench_size, report)
 
 
 if __name__ == "__main__":
