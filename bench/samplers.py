@@ -26,10 +26,10 @@ import numpy as np
 
 from common import DEMO_MODEL, machine, markdown_table, write_real_set
 from ddpm_lesion.evaluate import EvalConfig, score_space
-from ddpm_lesion.features import FeatureSpace, extract, resolve_extractors
+from ddpm_lesion.features import FeatureSpace, cached_features, resolve_extractors
 from ddpm_lesion.generation import generate
 from ddpm_lesion.image_sets import load_image_set
-from ddpm_lesion.metrics import mmd2_unbiased
+from ddpm_lesion.metrics import paired_kid_difference
 from ddpm_lesion.sample_config import MixedPrecision, SampleConfig
 from ddpm_lesion.sampling import SchedulerName
 
@@ -97,13 +97,13 @@ def main() -> None:
                              kid_subsets=args.subsets, kid_subset_size=args.subset_size)
     extractors, _ = resolve_extractors(eval_config.features)
     cache = args.work_dir / "features"
-    real_feats = cached_features("real", real_dir, cache / model_key(args.model_dir) / "real", extractors,
+    real_feats = folder_features("real", real_dir, cache / model_key(args.model_dir) / "real", extractors,
                                  eval_config.resolution)
 
     results, feats = {}, {}
     for setting in settings:
         folder, seconds = sample_folder(args, setting)
-        feats[setting] = cached_features("synthetic", folder / "individual", cache / setting_place(args, setting)[2],
+        feats[setting] = folder_features("synthetic", folder / "individual", cache / setting_place(args, setting)[2],
                                          extractors, eval_config.resolution)
         results[setting] = {"seconds_per_image": seconds, "kid": {
             e.key: score_space(real_feats[e.key], feats[setting][e.key], e, eval_config)[0]["metrics"]["kid"]
@@ -112,43 +112,16 @@ def main() -> None:
     rng_seed = 0
     for setting in settings:
         for e in extractors:
-            results[setting]["kid"][e.key]["paired_delta"] = paired_delta(
+            results[setting]["kid"][e.key]["paired_delta"] = paired_kid_difference(
                 real_feats[e.key], feats[setting][e.key], feats[args.reference][e.key], args.subsets,
-                args.subset_size, rng_seed)
+                args.subset_size, rng_seed)._asdict()
     report(args, settings, results, [e.key for e in extractors])
 
 
-def cached_features(role: str, folder: Path, cache: Path, extractors: list, resolution: int) -> dict[str, np.ndarray]:
-    """Features of every image in `folder` per extractor, saved beside `cache` so a rerun
-    (or a run killed half-way) extracts only what it has not yet."""
-    out, images = {}, None
-    for e in extractors:
-        path = cache.with_name(f"{cache.name}-{e.key}-{resolution}px.npy")
-        if not path.is_file():
-            if images is None:
-                images = load_image_set(role, folder, resolution).pixels
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path.with_suffix(".tmp.npy"), extract(e, images))
-            path.with_suffix(".tmp.npy").replace(path)
-        out[e.key] = np.load(path)
-    return out
-
-
-def paired_delta(real: np.ndarray, candidate: np.ndarray, reference: np.ndarray, subsets: int, size: int,
-                 seed: int) -> dict[str, float]:
-    """KID(candidate) - KID(reference) on the same subsets: the same real images and the same
-    image indices (so the same initial noise) in both. Returns the mean, the 2.5-97.5th
-    percentiles of the per-subset differences, and how often the candidate scored lower."""
-    rng = np.random.default_rng(seed)
-    size = min(size, len(real), len(candidate))
-    deltas = []
-    for _ in range(subsets):
-        r = real[rng.choice(len(real), size, replace=False)]
-        f = rng.choice(len(candidate), size, replace=False)
-        deltas.append(mmd2_unbiased(r, candidate[f]) - mmd2_unbiased(r, reference[f]))
-    low, high = np.percentile(deltas, [2.5, 97.5])
-    return {"mean": float(np.mean(deltas)), "low": float(low), "high": float(high),
-            "candidate_lower": float(np.mean(np.array(deltas) < 0))}
+def folder_features(role: str, folder: Path, cache: Path, extractors: list, resolution: int) -> dict[str, np.ndarray]:
+    """Features of every image in `folder`, cached beside `cache` (see `cached_features`)."""
+    return cached_features(extractors, lambda: load_image_set(role, folder, resolution).pixels,
+                           cache.with_name(f"{cache.name}-{resolution}px"))
 
 
 def report(args: argparse.Namespace, settings: list[str], results: dict, spaces: list[str]) -> None:

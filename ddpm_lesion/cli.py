@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "utility": ("ddpm_lesion.utility", "Does adding the synthetic images improve a classifier on real held-out patients?"),
     "balance": ("ddpm_lesion.balance", "Top up the rare classes of a labelled training set with synthetic images."),
     "split": ("ddpm_lesion.split", "Patient-level train/val/test split of a labels CSV, stratified by class."),
+    "pick-sampler": ("ddpm_lesion.sampler_choice",
+                     "Find the fewest sampling steps that keep a model's DDPM-50 quality; sample_ddpm.py then uses them."),
     "distill": ("ddpm_lesion.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
 }
 

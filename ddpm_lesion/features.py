@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ddpm_lesion import efficientnet_lite, fid_inception
 from ddpm_lesion.errors import UserError
+from ddpm_lesion.fileio import write_atomic
 
 PIXEL_SIZE = 16
 
@@ -123,3 +124,20 @@ def extract(extractor: Extractor, images: np.ndarray, batch_size: int = 32) -> n
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
         chunks.append(extractor.embed(batch.to(extractor.device)).double().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, extractor.dim))
+
+
+def cached_features(extractors: list[Extractor], load_images: Callable[[], np.ndarray], stem: Path
+                    ) -> dict[str, np.ndarray]:
+    """`extract` for each extractor, kept in `STEM-KEY.npy` so that a rerun (or a run killed
+    half-way) extracts only what it has not yet; `load_images` is called at most once, and
+    only when something is missing. The caller puts whatever defines the images (folder,
+    count, resolution) into `stem`."""
+    out, images = {}, None
+    for extractor in extractors:
+        path = stem.with_name(f"{stem.name}-{extractor.key}.npy")
+        if not path.is_file():
+            images = load_images() if images is None else images
+            features = extract(extractor, images)
+            write_atomic(path, lambda handle: np.save(handle, features))
+        out[extractor.key] = np.load(path)  # allow_pickle stays False: plain float arrays only
+    return out

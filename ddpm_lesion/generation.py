@@ -36,7 +36,8 @@ from ddpm_lesion.config import to_plain_dict
 from ddpm_lesion.distributed import check_process_count, use_cpu
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import write_bytes_atomic
-from ddpm_lesion.model import DISTILLED_FILE, load_pipeline, model_sha256, read_distilled
+from ddpm_lesion.model import (DISTILLED_FILE, PICKED_SAMPLER_FILE, load_pipeline, model_sha256, read_distilled,
+                               read_picked_sampler)
 from ddpm_lesion.output_folder import OutputLayout, finalize, prepare_output, recorded_config, remove_leftovers
 from ddpm_lesion.provenance import encode_png, image_settings, png_text
 from ddpm_lesion.sample_config import RESUME_KEYS, CompileMode, MixedPrecision, ReportTo, SampleConfig, validate
@@ -45,6 +46,8 @@ from ddpm_lesion.sampling import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerNam
 from ddpm_lesion.sharding import Shard, block_indices, num_blocks, parse_shard, shard_blocks
 
 T = TypeVar("T")
+
+DEFAULT_SAMPLER = {"scheduler": DEFAULT_SCHEDULER.value, "num_inference_steps": DEFAULT_STEPS}
 
 AUTOCAST_DTYPES: dict[MixedPrecision, torch.dtype | None] = {
     MixedPrecision.NO: None,
@@ -90,12 +93,13 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     shape = _image_shape(unet)
     size = _output_size(shape, cfg.output_size)
     sha256 = model_sha256(unet)
+    own_sampler = model_sampler(source, sha256, distilled)
     unet = unet.to(state.device, memory_format=torch.channels_last)
     layout = OutputLayout(cfg.output_dir, cfg.prefix)
     guided = class_idx is not None and cfg.guidance_scale != 1.0
     cfg, auto_notes = run_on_main_process(
         state, lambda: resolve_auto(cfg, None if cfg.overwrite else recorded_config(layout), unet, shape,
-                                    state.device, guided, distilled))
+                                    state.device, guided, own_sampler))
     scheduler = make_scheduler(cfg.scheduler, pipeline.scheduler.config)
     if cfg.num_inference_steps > scheduler.config.num_train_timesteps:
         raise UserError(f"--num_inference_steps {cfg.num_inference_steps} exceeds the model's "
@@ -130,19 +134,36 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     return summary
 
 
+def model_sampler(source: str, sha256: str, distilled: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The sampler a model comes with, and why: a distilled model's own (`distilled.json`);
+    else the one `ddpm-lesion pick-sampler` measured on these very weights (`sampler.json`,
+    ignored once the weights have changed, e.g. by more training); else the default,
+    DDPM with 50 steps, the origin's sampler."""
+    if distilled is not None:
+        return distilled, "distilled model"
+    picked = read_picked_sampler(source)
+    if picked is None:
+        return DEFAULT_SAMPLER, "the default; ddpm-lesion pick-sampler finds a faster one that is as good"
+    if picked.get("model_sha256") != sha256:
+        return DEFAULT_SAMPLER, (f"the default; {PICKED_SAMPLER_FILE} there was measured on other weights, rerun "
+                         "ddpm-lesion pick-sampler")
+    return picked, f"measured as good as DDPM-50 on this model, {PICKED_SAMPLER_FILE}"
+
+
 def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2DModel, shape: tuple[int, int, int],
-                 device: torch.device, guided: bool, distilled: dict[str, Any] | None = None
+                 device: torch.device, guided: bool, own_sampler: tuple[dict[str, Any], str] | None = None
                  ) -> tuple[SampleConfig, list[str]]:
     """`cfg` with its automatic settings made concrete, and a log line for each.
 
     A folder that already recorded a value (its `sample_config.yaml`) keeps it, so resuming
     never depends on today's free memory, on which machine resumes or on a changed default.
     Shard jobs that start at the same time may find no record yet and would each measure
-    their own machine, so they must agree on a batch size given explicitly. `distilled` is
-    the model's `distilled.json` (`read_distilled`), None for an ordinary model.
+    their own machine, so they must agree on a batch size given explicitly. `own_sampler` is
+    the model's own sampler and why (`model_sampler`; default: DDPM-50).
     """
     recorded = recorded or {}
-    changes, notes = _resolve_sampler(cfg, recorded, distilled)
+    own, why = own_sampler or (DEFAULT_SAMPLER, "the default")
+    changes, notes = _resolve_sampler(cfg, recorded, own, why)
     if cfg.mixed_precision is MixedPrecision.AUTO:
         if recorded.get("mixed_precision") in {p.value for p in MixedPrecision} - {MixedPrecision.AUTO.value}:
             changes["mixed_precision"] = MixedPrecision(recorded["mixed_precision"])
@@ -169,17 +190,10 @@ def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2
     return dataclasses.replace(cfg, **changes), notes
 
 
-def _resolve_sampler(cfg: SampleConfig, recorded: dict[str, Any], distilled: dict[str, Any] | None
+def _resolve_sampler(cfg: SampleConfig, recorded: dict[str, Any], own: dict[str, Any], why: str
                      ) -> tuple[dict[str, Any], list[str]]:
-    """The automatic scheduler and step count (the changes to `cfg`) and a log line for them.
-
-    In order: what the folder recorded; what a distilled model was distilled for (it gives
-    poor images with anything else); the defaults chosen by KID on the demo model.
-    """
-    if distilled is None:
-        own, why = {"scheduler": DEFAULT_SCHEDULER.value, "num_inference_steps": DEFAULT_STEPS}, "not a distilled model"
-    else:
-        own, why = distilled, "distilled model"
+    """The automatic scheduler and step count (the changes to `cfg`) and a log line for them:
+    what the folder recorded, else the model's own sampler (`model_sampler`)."""
     was_recorded = {"scheduler": recorded.get("scheduler") in {s.value for s in SchedulerName},
                     "num_inference_steps": isinstance(recorded.get("num_inference_steps"), int)}
     changes, described = {}, {}

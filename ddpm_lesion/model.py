@@ -94,6 +94,7 @@ def read_best(run_dir: Path) -> dict | None:
 
 
 DISTILLED_FILE = "distilled.json"
+PICKED_SAMPLER_FILE = "sampler.json"
 
 
 def read_distilled(pipeline_dir: str | Path) -> dict | None:
@@ -101,10 +102,24 @@ def read_distilled(pipeline_dir: str | Path) -> dict | None:
 
     A distilled network learned the jumps of one sampler at one step count (its `scheduler`
     and `num_inference_steps`) and gives poor images with any other, so sampling reads them
-    from here. The file is checked now: a typo would otherwise surface as a bad sampler
-    after the model is loaded, or silently as poor images.
+    from here.
     """
-    path = Path(pipeline_dir) / DISTILLED_FILE
+    return _read_sampler_record(Path(pipeline_dir) / DISTILLED_FILE,
+                                "`ddpm-lesion distill` writes it to name the sampler the model was distilled for",
+                                "rerun the distillation, or correct the file")
+
+
+def read_picked_sampler(pipeline_dir: str | Path) -> dict | None:
+    """The sampler `ddpm-lesion pick-sampler` measured as good enough for this model (with the
+    `model_sha256` of the weights it measured), or None when it was never run here."""
+    return _read_sampler_record(Path(pipeline_dir) / PICKED_SAMPLER_FILE,
+                                "`ddpm-lesion pick-sampler` writes it to name the fastest sampler as good as "
+                                "DDPM-50 on this model", "rerun ddpm-lesion pick-sampler, or delete the file")
+
+
+def _read_sampler_record(path: Path, written_by: str, fix: str) -> dict | None:
+    """A model folder's JSON record of the sampler to use, checked now: a typo would otherwise
+    surface as a bad sampler after the model is loaded, or silently as poor images."""
     if not path.is_file():
         return None
     try:
@@ -112,16 +127,15 @@ def read_distilled(pipeline_dir: str | Path) -> dict | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         problem = f"it is not valid JSON ({err})"
     else:
-        problem = _distilled_problem(record)
+        problem = _sampler_record_problem(record)
     if problem:
-        raise UserError(f"{path} is malformed: {problem}. `ddpm-lesion distill` writes it to name the sampler the "
-                        f"model was distilled for, e.g. {{\"scheduler\": \"ddim\", \"num_inference_steps\": 4, ...}}: "
-                        f"rerun the distillation, or correct the file.")
+        raise UserError(f"{path} is malformed: {problem}. {written_by}, e.g. {{\"scheduler\": \"ddim\", "
+                        f"\"num_inference_steps\": 4, ...}}: {fix}.")
     return record
 
 
-def _distilled_problem(record: object) -> str | None:
-    """What is wrong with a parsed `distilled.json` (only the fields sampling uses), or None."""
+def _sampler_record_problem(record: object) -> str | None:
+    """What is wrong with a parsed sampler record (only the fields sampling uses), or None."""
     if not isinstance(record, dict):
         return f"it holds a JSON {type(record).__name__}, not an object"
     names = [s.value for s in SchedulerName]

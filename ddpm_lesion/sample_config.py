@@ -52,18 +52,16 @@ class SampleConfig:
                                           "folder records it and a resumed run reuses it.", metavar="N")
     max_batch_size: int = option(256, "Ceiling of the automatic --batch_size.")
     scheduler: SchedulerName | None = option(None, "Sampler, configured from the model's own noise schedule "
-                                                   "(default: automatic -- the one a distilled model was distilled "
-                                                   "for, from its distilled.json, else "
-                                                   f"{DEFAULT_SCHEDULER.value}: no faster sampler matched its KID "
-                                                   "on the fine-tuned demo model, BENCHMARKS.md). Check a faster "
-                                                   "one on your model with bench/samplers.py before switching. "
-                                                   "The folder records the resolved value.")
-    num_inference_steps: int | None = option(None, "Network calls per image (default: automatic -- a distilled "
-                                                   f"model's own count, else {DEFAULT_STEPS}). ddpm: below 30 "
-                                                   "measurably worse on the fine-tuned demo model; "
-                                                   "dpmsolver++/unipc ~20 on well-trained models; a distilled model "
-                                                   "gives poor images at any other count. The folder records the "
-                                                   "resolved value.", metavar="N")
+                                                   "(default: automatic -- the model's own: the one it was "
+                                                   "distilled for (distilled.json), else the one `ddpm-lesion "
+                                                   "pick-sampler` measured as good as DDPM-50 on these weights "
+                                                   f"(sampler.json), else {DEFAULT_SCHEDULER.value}). The folder "
+                                                   "records the resolved value.")
+    num_inference_steps: int | None = option(None, "Network calls per image (default: automatic, with --scheduler: "
+                                                   f"the model's own count, else {DEFAULT_STEPS}). How few a model "
+                                                   "tolerates depends on the model: measure it with `ddpm-lesion "
+                                                   "pick-sampler`. A distilled model gives poor images at any other "
+                                                   "count. The folder records the resolved value.", metavar="N")
     mixed_precision: MixedPrecision = option(MixedPrecision.AUTO, "Run the network under fp16/bf16 autocast; the "
                                                                   "sampler arithmetic stays fp32. auto: bf16 where "
                                                                   "the device runs it natively (Ampere+ GPUs, CPUs "

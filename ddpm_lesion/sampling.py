@@ -51,7 +51,8 @@ class SchedulerName(str, enum.Enum):
 # checkpoint KID, so the best checkpoint is picked by the images that will be generated.
 # Chosen by KID against held-out images (bench/samplers.py, BENCHMARKS.md): on the
 # fine-tuned demo model every deterministic solver had 3-7x the KID of DDPM at 50 steps,
-# and DDPM itself below 30 steps was measurably worse.
+# and DDPM itself below 30 steps was measurably worse. A model that tolerates fewer steps
+# gets them from `ddpm-lesion pick-sampler`, which measures it (`sampler_choice`).
 DEFAULT_SCHEDULER = SchedulerName.DDPM
 DEFAULT_STEPS = 50
 

@@ -75,6 +75,32 @@ def test_kid_subsets_are_the_mean_of_loop_estimates_on_the_same_draws():
     assert estimate.ci_low <= estimate.mean <= estimate.ci_high
 
 
+def test_paired_kid_difference_is_the_difference_of_kids_on_the_same_draws():
+    rng = np.random.default_rng(3)
+    real, reference = rng.normal(size=(30, 4)), rng.normal(size=(20, 4))
+    candidate = reference + rng.normal(scale=0.5, size=(20, 4))
+    paired = metrics.paired_kid_difference(real, candidate, reference, subsets=6, subset_size=8, seed=5)
+    expected = (metrics.kid(real, candidate, subsets=6, subset_size=8, seed=5).mean
+                - metrics.kid(real, reference, subsets=6, subset_size=8, seed=5).mean)
+    assert paired.mean == pytest.approx(expected, rel=1e-12)
+    draws = np.random.default_rng(5)
+    by_loops = []
+    for _ in range(6):
+        r, f = draws.choice(30, 8, replace=False), draws.choice(20, 8, replace=False)
+        by_loops.append(_kid_by_loops(real[r], candidate[f]) - _kid_by_loops(real[r], reference[f]))
+    assert paired.low == pytest.approx(np.percentile(by_loops, 2.5))
+    assert paired.high == pytest.approx(np.percentile(by_loops, 97.5))
+    assert paired.candidate_lower == np.mean(np.array(by_loops) < 0)
+
+
+def test_paired_kid_difference_of_a_set_with_itself_is_zero_and_rows_must_pair():
+    rng = np.random.default_rng(0)
+    real, synthetic = rng.normal(size=(12, 3)), rng.normal(size=(10, 3))
+    assert metrics.paired_kid_difference(real, synthetic, synthetic, subsets=3, subset_size=5) == (0, 0, 0, 0)
+    with pytest.raises(ValueError, match="same rows"):
+        metrics.paired_kid_difference(real, synthetic, synthetic[:9])
+
+
 def test_kid_is_near_zero_for_one_distribution_and_large_for_shifted_one():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))

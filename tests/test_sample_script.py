@@ -387,7 +387,7 @@ def test_an_ordinary_model_gets_the_default_sampler(model, tmp_path, capsys, den
     assert recorded_sampler(out) == (("ddpm", 50), {("ddpm", "50")})
     assert denoise_calls == [("DDPMScheduler", "leading", 50)]
     log = capsys.readouterr().out
-    assert "sampler ddpm, 50 steps (auto: not a distilled model)" in log and "warning" not in log
+    assert "sampler ddpm, 50 steps (auto: the default; ddpm-lesion pick-sampler finds" in log and "warning" not in log
 
 
 def test_a_distilled_model_brings_its_own_sampler(distilled_model, tmp_path, capsys, denoise_calls):
@@ -438,6 +438,47 @@ def test_a_malformed_distilled_record_is_refused(tmp_path, capsys, record, probl
     err = error_of(capsys, sample(folder, tmp_path / "out", "--num_images", "1"))
     assert f"{folder / 'distilled.json'} is malformed: " in err and problem in err and "ddpm-lesion distill" in err
     assert not (tmp_path / "out").exists()
+
+
+def save_picked_pipeline(path: Path, sha256: str | None = None) -> Path:
+    """A tiny model whose folder holds a `sampler.json` as `ddpm-lesion pick-sampler` writes it,
+    for these weights (or, given `sha256`, for other ones)."""
+    from diffusers import UNet2DModel
+
+    from ddpm_lesion.model import model_sha256
+
+    save_tiny_pipeline(path)
+    own = model_sha256(UNet2DModel.from_pretrained(path / "unet"))
+    (path / "sampler.json").write_text(json.dumps({"scheduler": "dpmsolver++", "num_inference_steps": 3,
+                                                   "model_sha256": sha256 or own}))
+    return path
+
+
+def test_a_sampler_picked_for_the_model_is_used_by_default(tmp_path, capsys, denoise_calls):
+    folder = save_picked_pipeline(tmp_path / "model")
+    out = tmp_path / "out"
+    assert sample(folder, out, "--num_images", "2", "--batch_size", "2") == 0
+    assert recorded_sampler(out) == (("dpmsolver++", 3), {("dpmsolver++", "3")})
+    assert denoise_calls == [("DPMSolverMultistepScheduler", "leading", 3)]  # spacing: the model's config
+    assert "sampler dpmsolver++, 3 steps (auto: measured as good as DDPM-50 on this model, sampler.json)" in \
+        capsys.readouterr().out
+
+
+def test_a_sampler_picked_for_other_weights_is_ignored_and_said_so(tmp_path, capsys, denoise_calls):
+    folder = save_picked_pipeline(tmp_path / "model", sha256="f" * 64)
+    out = tmp_path / "out"
+    assert sample(folder, out, "--num_images", "2", "--batch_size", "2") == 0
+    assert recorded_sampler(out) == (("ddpm", 50), {("ddpm", "50")})
+    assert "sampler.json there was measured on other weights, rerun ddpm-lesion pick-sampler" in \
+        capsys.readouterr().out
+
+
+def test_a_malformed_picked_sampler_is_refused(tmp_path, capsys):
+    folder = save_picked_pipeline(tmp_path / "model")
+    (folder / "sampler.json").write_text(json.dumps({"scheduler": "ddpm", "num_inference_steps": "fifty"}))
+    err = error_of(capsys, sample(folder, tmp_path / "out", "--num_images", "1"))
+    assert f"{folder / 'sampler.json'} is malformed: 'num_inference_steps' is 'fifty'" in err
+    assert "ddpm-lesion pick-sampler" in err and not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
