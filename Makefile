@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/sample.py
+	$(PY) bench/sample.py --size tiny --tiny_model bench/models/ddpm-lesion-tiny-32-long --work_dir /tmp/ddpm-lesion-bench/sample-long
 	$(PY) bench/train.py
 
 clean:

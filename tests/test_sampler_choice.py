@@ -161,3 +161,17 @@ def test_a_class_conditional_model_is_measured_on_one_class(tmp_path):
     assert record["config"]["class_label"] == "NV" and record["num_inference_steps"] == 2
     folder = model / "sampler_choice" / f"{record['scheduler']}-2"
     assert yaml.safe_load((folder / "sample_config.yaml").read_text())["class_label"] == "NV"
+
+
+def test_the_benchmark_model_ships_with_the_sampler_measured_on_its_weights():
+    """`make bench` times bench/models/ddpm-lesion-tiny-32-long with its own sampler.json; a
+    change of the weights without rerunning pick-sampler would silently time DDPM-50."""
+    from conftest import REPO
+    from ddpm_lesion.generation import model_sampler
+    from ddpm_lesion.model import read_distilled
+
+    folder = REPO / "bench" / "models" / "ddpm-lesion-tiny-32-long"
+    sha256 = model_sha256(UNet2DModel.from_pretrained(folder / "unet"))
+    record, why = model_sampler(str(folder), sha256, read_distilled(folder))
+    assert (record["scheduler"], record["num_inference_steps"]) == ("sde-dpmsolver++", 10)
+    assert "measured as good as DDPM-50 on this model" in why
