@@ -107,6 +107,21 @@ def mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
     return float(within_a + within_b - 2.0 * k_ab.mean())
 
 
+def _kid_subsets(n_real: int, n_fake: int, subsets: int, subset_size: int, seed: int
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (real rows, synthetic rows) of each KID subset: `subset_size` (capped at the
+    smaller set) drawn without replacement from each set, from one seeded stream, so that
+    two scores with the same seed and set sizes use the same draws."""
+    size = min(subset_size, n_real, n_fake)
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 images in each set, got {n_real} real and {n_fake} synthetic")
+    if subsets < 1:
+        raise ValueError(f"subsets must be at least 1, got {subsets}")
+    rng = np.random.default_rng(seed)
+    return [(rng.choice(n_real, size, replace=False), rng.choice(n_fake, size, replace=False))
+            for _ in range(subsets)]
+
+
 def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> KidEstimate:
     """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased MMD² averaged over
     `subsets` random subsets of `subset_size` images drawn without replacement from each
@@ -114,17 +129,8 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int 
     be slightly negative when the sets are indistinguishable.
     """
     real, fake = _as_2d(real, "real"), _as_2d(fake, "fake")
-    size = min(subset_size, len(real), len(fake))
-    if size < 2:
-        raise ValueError(f"KID needs at least 2 images in each set, got {len(real)} real and {len(fake)} synthetic")
-    if subsets < 1:
-        raise ValueError(f"subsets must be at least 1, got {subsets}")
-    rng = np.random.default_rng(seed)
-    values = np.array([
-        mmd2_unbiased(real[rng.choice(len(real), size, replace=False)],
-                      fake[rng.choice(len(fake), size, replace=False)])
-        for _ in range(subsets)
-    ])
+    values = np.array([mmd2_unbiased(real[r], fake[f])
+                       for r, f in _kid_subsets(len(real), len(fake), subsets, subset_size, seed)])
     low, high = np.percentile(values, [2.5, 97.5])
     return KidEstimate(float(values.mean()), float(values.std()), float(low), float(high))
 
@@ -155,14 +161,8 @@ def paired_kid_difference(real: np.ndarray, candidate: np.ndarray, reference: np
                                   _as_2d(reference, "reference"))
     if len(candidate) != len(reference):
         raise ValueError(f"paired sets must have the same rows, got {len(candidate)} and {len(reference)}")
-    size = min(subset_size, len(real), len(candidate))
-    if size < 2 or subsets < 1:
-        raise ValueError(f"need at least 2 images per set and 1 subset, got {size} and {subsets}")
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for _ in range(subsets):
-        r, f = rng.choice(len(real), size, replace=False), rng.choice(len(candidate), size, replace=False)
-        deltas.append(mmd2_unbiased(real[r], candidate[f]) - mmd2_unbiased(real[r], reference[f]))
+    deltas = [mmd2_unbiased(real[r], candidate[f]) - mmd2_unbiased(real[r], reference[f])
+              for r, f in _kid_subsets(len(real), len(candidate), subsets, subset_size, seed)]
     low, high = np.percentile(deltas, [2.5, 97.5])
     return PairedDifference(float(np.mean(deltas)), float(low), float(high), float(np.mean(np.array(deltas) < 0)))
 
