@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddpm_lesion.config import parse_config
-from ddpm_lesion.errors import UserError
-from ddpm_lesion.generation import generate
-from ddpm_lesion.sample_config import SampleConfig
+from ddpm_lesion.core.config import parse_config
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.sample.generation import generate
+from ddpm_lesion.sample.sample_config import SampleConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@
 
 import sys
 
-from ddpm_lesion.config import parse_config
-from ddpm_lesion.errors import UserError
-from ddpm_lesion.training import TrainConfig, train
+from ddpm_lesion.core.config import parse_config
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.train.loop import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from diffusers.utils import logging as diffusers_logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the bench scripts run from a checkout, installed or not (import `common` first)
 
-from ddpm_lesion.procedural import draw_lesion  # noqa: E402
+from ddpm_lesion.data.demo_lesions import draw_lesion  # noqa: E402
 
 diffusers_logging.disable_progress_bar()  # the scripts print their own tables
 

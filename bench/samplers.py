@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from common import DEMO_MODEL, machine, markdown_table, write_real_set
-from ddpm_lesion.evaluate import EvalConfig, score_space
-from ddpm_lesion.features import FeatureSpace, cached_features, resolve_extractors
-from ddpm_lesion.generation import generate
-from ddpm_lesion.image_sets import load_image_set
-from ddpm_lesion.metrics import paired_kid_difference
-from ddpm_lesion.sample_config import MixedPrecision, SampleConfig
-from ddpm_lesion.sampling import SchedulerName
+from ddpm_lesion.evaluate.audit import EvalConfig, score_space
+from ddpm_lesion.evaluate.features import FeatureSpace, cached_features, resolve_extractors
+from ddpm_lesion.sample.generation import generate
+from ddpm_lesion.data.evaluation_sets import load_image_set
+from ddpm_lesion.evaluate.metrics import paired_kid_difference
+from ddpm_lesion.sample.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.sample.samplers import SchedulerName
 
 DEFAULT_SETTINGS = ["ddpm:50", "ddim:10", "ddim:20", "ddim:25", "dpmsolver++:10", "dpmsolver++:20", "unipc:10",
                     "unipc:20", "dpmsolver++:20:bf16", "ddpm:50:bf16"]

@@ -4,7 +4,7 @@ The origin recipe (`DDPM_model.py` as its README describes it): batch 16, float3
 `torch.optim.AdamW(lr=1e-5)` with torch's defaults, the epsilon-MSE loss on uniformly drawn
 timesteps. Its images are handed over already decoded, as float tensors in memory (the
 origin's DataLoader decodes files every epoch; leaving that out favours the origin).
-"Ours" is `ddpm_lesion.training.train_step` as `train_ddpm.py` runs it: an Accelerator at
+"Ours" is `ddpm_lesion.train.loop.train_step` as `train_ddpm.py` runs it: an Accelerator at
 `--mixed_precision` (bf16 by default here, what the README recommends), the UNet in
 channels_last, fused AdamW, uint8 images cached on the device. EMA is left out of both.
 
@@ -34,7 +34,7 @@ from diffusers.optimization import get_scheduler
 
 from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, markdown_table, origin_unet,
                     peak_memory, spread, run_sizes)
-from ddpm_lesion.training import MixedPrecision, TrainConfig, build_model, build_optimizer, train_step
+from ddpm_lesion.train.loop import MixedPrecision, TrainConfig, build_model, build_optimizer, train_step
 
 BATCH = 16
 

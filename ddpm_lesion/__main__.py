@@ -1,5 +1,5 @@
 """`python -m ddpm_lesion ...` is the same as the `ddpm-lesion` console command."""
 
-from ddpm_lesion.cli import main
+from ddpm_lesion.commands.cli import main
 
 raise SystemExit(main())

@@ -4,7 +4,7 @@
 minutes on a laptop CPU, so the project ships its own stand-ins for the two things the
 real tool downloads:
 
-* `demo/data/`: ~100 procedurally drawn lesion images (`ddpm_lesion.procedural`) with a
+* `demo/data/`: ~100 procedurally drawn lesion images (`ddpm_lesion.data.demo_lesions`) with a
   `labels.csv` in the ISIC 2020 layout, so the demo exercises the same loader as real data.
 * `demo/pretrained/ddpm-lesion-tiny-32/`: a ~1 M-parameter `UNet2DModel` + `DDPMScheduler`
   saved as a `DDPMPipeline` folder (safetensors), pretrained with a plain DDPM epsilon-MSE
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from ddpm_lesion.procedural import draw_lesion
+from ddpm_lesion.data.demo_lesions import draw_lesion
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "ddpm-lesion-tiny-32"
@@ -257,7 +257,7 @@ pretrained → fine-tune → sample offline on a CPU in minutes.
 **It is a stand-in for `google/ddpm-ema-imagenet-64`**, the kind of model the real tool
 fine-tunes. It was never trained on any real image: its "pretraining" set is
 {args.pretrain_images} procedurally drawn, lesion-like 32×32 images of both classes
-(`ddpm_lesion.procedural.draw_lesion(..., varied=True)`), from a seed stream disjoint from
+(`ddpm_lesion.data.demo_lesions.draw_lesion(..., varied=True)`), from a seed stream disjoint from
 the bundled demo dataset in `demo/data/`. It knows roughly what a pigmented blob on skin
 looks like and nothing else. Research/demo use only; never clinical.
 

@@ -4,7 +4,7 @@ launch` for several (CPU ranks talking over gloo), or in the background to be ki
 On a machine without GPUs, accelerate 1.15's `accelerate launch --cpu --num_processes 2`
 starts a single process; `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu
 --num_processes 2` starts two ranks that our scripts set up as MULTI_CPU (see
-`ddpm_lesion.distributed`). That second form is used here.
+`ddpm_lesion.core.distributed`). That second form is used here.
 
 Defaults chosen for tests: CUDA hidden (so every run computes on the CPU and results can be
 compared) and OMP_NUM_THREADS=1 (CPU float results depend on the thread count, and

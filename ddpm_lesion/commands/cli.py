@@ -1,0 +1,49 @@
+"""The `ddpm-lesion` command: one sub-command per job.
+
+Each sub-command lives in its own module, which exposes `add_arguments(parser)` and
+`run(args) -> int`. Modules are imported only when their sub-command is chosen, so
+`ddpm-lesion --help` stays fast and a heavy optional dependency of one command never
+breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ddpm_lesion.core.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": (
+        "ddpm_lesion.evaluate.audit",
+        "Are the synthetic images good, diverse and not copies of the training images?",
+    ),
+    "utility": ("ddpm_lesion.utility.comparison", "Does adding the synthetic images improve a classifier on real held-out patients?"),
+    "balance": ("ddpm_lesion.balance.pipeline", "Top up the rare classes of a labelled training set with synthetic images."),
+    "split": ("ddpm_lesion.balance.split", "Patient-level train/val/test split of a labels CSV, stratified by class."),
+    "pick-sampler": ("ddpm_lesion.sample.pick_sampler",
+                     "Find the fewest sampling steps that keep a model's DDPM-50 quality; sample_ddpm.py then uses them."),
+    "distill": ("ddpm_lesion.train.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ddpm-lesion",
+        description="Synthetic lesion images from fine-tuned diffusion models (research use only).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = (argv if argv is not None else sys.argv[1:])[:1]
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if chosen == [name]:
+            importlib.import_module(module_name).add_arguments(command_parser)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,210 @@
+"""Loading pretrained UNets, noise schedules and pipelines — with no silent fallback.
+
+The origin script fell back to random weights when the download failed, so a user could
+train for days from scratch without knowing. Here every load either succeeds from a folder
+or the HF cache/hub (honouring `HF_HUB_OFFLINE`), or stops with a message that names the
+model and the fix. Weights are read as safetensors where the model has them; diffusers
+reads a legacy `.bin` with `torch.load(weights_only=True)`, which cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.sample.samplers import SchedulerName
+
+CHECKPOINT_PREFIX = "checkpoint-"
+PIPELINE_SUBDIR = "pipeline"
+
+
+def _load_error(name: str, err: Exception, what: str, consequence: str = "") -> UserError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    where = (f"'{name}' is a folder, but it holds no {what}" if Path(name).is_dir()
+             else f"'{name}' is neither a local folder nor a model in the Hugging Face cache"
+             + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else ""))
+    return UserError(
+        f"could not load the {what} from {where}. Pass a folder written by `save_pretrained` "
+        f"(it has model_index.json or config.json) or a hub id that is already in the cache "
+        f"(`huggingface-cli download {name}` on a machine with internet). "
+        f"{consequence}Details: {type(err).__name__}: {err}"
+    )
+
+
+def _is_pipeline(name_or_path: str) -> bool:
+    """A local pipeline folder, or (for hub ids) assume the diffusers DDPM layout."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
+    return True
+
+
+def load_unet(name_or_path: str, revision: str | None = None) -> UNet2DModel:
+    """The UNet of a DDPM pipeline (its `unet/` sub-folder) or of a bare UNet folder."""
+    subfolder = "unet" if _is_pipeline(name_or_path) else None
+    try:
+        return UNet2DModel.from_pretrained(name_or_path, subfolder=subfolder, revision=revision)
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err, "UNet2DModel", "Nothing was trained from random weights. ") from None
+
+
+def load_noise_scheduler(name_or_path: str, revision: str | None = None) -> DDPMScheduler:
+    """The noise schedule the model was pretrained with.
+
+    Fine-tuning must use the same betas as pretraining, so a pipeline's own
+    `scheduler/scheduler_config.json` is used; a bare UNet folder gets diffusers'
+    default (linear betas, 1000 steps), which is what `train_unconditional.py` assumes.
+    """
+    if not _is_pipeline(name_or_path):
+        return DDPMScheduler(num_train_timesteps=1000)
+    try:
+        return DDPMScheduler.from_pretrained(name_or_path, subfolder="scheduler", revision=revision)
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err, "noise scheduler config") from None
+
+
+def downsample_factor(unet: UNet2DModel) -> int:
+    """Each down block but the last halves the resolution."""
+    return 2 ** (len(unet.config.block_out_channels) - 1)
+
+
+def check_resolution(unet: UNet2DModel, resolution: int) -> None:
+    factor = downsample_factor(unet)
+    if resolution <= 0 or resolution % factor:
+        lower = max(factor, resolution // factor * factor)
+        raise UserError(
+            f"--resolution {resolution} does not fit this UNet: its {len(unet.config.block_out_channels)} "
+            f"resolution levels need a multiple of {factor}. Use --resolution {lower} or {lower + factor}."
+        )
+
+
+BEST_FILE = "best_checkpoint.json"
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """The checkpoint with the lowest validation KID so far (`ddpm_lesion.train.checkpoint_kid`)."""
+    path = Path(run_dir) / BEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+DISTILLED_FILE = "distilled.json"
+PICKED_SAMPLER_FILE = "sampler.json"
+
+
+def read_distilled(pipeline_dir: str | Path) -> dict | None:
+    """The record of a distilled model (`ddpm-lesion distill`), or None for any other model or a hub id.
+
+    A distilled network learned the jumps of one sampler at one step count (its `scheduler`
+    and `num_inference_steps`) and gives poor images with any other, so sampling reads them
+    from here.
+    """
+    return _read_sampler_record(Path(pipeline_dir) / DISTILLED_FILE,
+                                "`ddpm-lesion distill` writes it to name the sampler the model was distilled for",
+                                "rerun the distillation, or correct the file")
+
+
+def read_picked_sampler(pipeline_dir: str | Path) -> dict | None:
+    """The sampler `ddpm-lesion pick-sampler` measured as good enough for this model (with the
+    `model_sha256` of the weights it measured), or None when it was never run here."""
+    return _read_sampler_record(Path(pipeline_dir) / PICKED_SAMPLER_FILE,
+                                "`ddpm-lesion pick-sampler` writes it to name the fastest sampler as good as "
+                                "DDPM-50 on this model", "rerun ddpm-lesion pick-sampler, or delete the file")
+
+
+def _read_sampler_record(path: Path, written_by: str, fix: str) -> dict | None:
+    """A model folder's JSON record of the sampler to use, checked now: a typo would otherwise
+    surface as a bad sampler after the model is loaded, or silently as poor images."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"it is not valid JSON ({err})"
+    else:
+        problem = _sampler_record_problem(record)
+    if problem:
+        raise UserError(f"{path} is malformed: {problem}. {written_by}, e.g. {{\"scheduler\": \"ddim\", "
+                        f"\"num_inference_steps\": 4, ...}}: {fix}.")
+    return record
+
+
+def _sampler_record_problem(record: object) -> str | None:
+    """What is wrong with a parsed sampler record (only the fields sampling uses), or None."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    names = [s.value for s in SchedulerName]
+    if record.get("scheduler") not in names:
+        return f"'scheduler' is {record.get('scheduler')!r}, not one of {', '.join(names)}"
+    steps = record.get("num_inference_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        return f"'num_inference_steps' is {steps!r}, not a positive integer"
+    return None
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete `checkpoint-STEP` folders of a run, oldest first. Half-written ones live
+    under a temporary name and are never listed."""
+    found = []
+    for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        step = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and step.isdigit():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def resolve_pipeline_dir(model_dir: str, checkpoint: str | None = None) -> str:
+    """Where the pipeline to sample from lives.
+
+    `model_dir` may be a training run folder (its final EMA pipeline sits at the top, as
+    diffusers' examples do; `checkpoint` = `latest` or a step picks an intermediate one),
+    any `DDPMPipeline` folder, or a hub id. `best` is the checkpoint with the lowest
+    validation KID (see `ddpm_lesion.train.checkpoint_kid`).
+    """
+    path = Path(model_dir)
+    if checkpoint is None:
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            hint = " It holds checkpoints: add --checkpoint latest." if list_checkpoints(path) else ""
+            raise UserError(f"{model_dir} is not a DDPMPipeline folder (no model_index.json).{hint}")
+        return model_dir
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        raise UserError(f"--checkpoint {checkpoint}: {model_dir} holds no checkpoint-STEP folders.")
+    if checkpoint == "latest":
+        return str(checkpoints[-1][1] / PIPELINE_SUBDIR)
+    if checkpoint == "best":
+        best = read_best(path)
+        if best is None:
+            raise UserError(f"--checkpoint best: {model_dir} has no {BEST_FILE}; train with --validation_data_dir "
+                            "to score checkpoints, or use --checkpoint latest.")
+        checkpoint = str(best["step"])
+    by_step = dict(checkpoints)
+    if not checkpoint.isdigit() or int(checkpoint) not in by_step:
+        raise UserError(f"--checkpoint {checkpoint}: not found in {model_dir}; "
+                        f"available: latest, best, {', '.join(str(s) for s in by_step)}.")
+    return str(by_step[int(checkpoint)] / PIPELINE_SUBDIR)
+
+
+def load_pipeline(model_dir: str, checkpoint: str | None = None) -> tuple[DDPMPipeline, str]:
+    """Load a `DDPMPipeline` for sampling; returns it and the folder/id it came from."""
+    source = resolve_pipeline_dir(model_dir, checkpoint)
+    try:
+        return DDPMPipeline.from_pretrained(source), source
+    except (OSError, ValueError) as err:
+        raise _load_error(source, err, "DDPMPipeline") from None
+
+
+def model_sha256(unet: UNet2DModel) -> str:
+    """A fingerprint of the weights and architecture, independent of file layout, so a
+    synthetic image names exactly the model that made it."""
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}  # drop load-path bookkeeping
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

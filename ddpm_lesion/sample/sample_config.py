@@ -1,0 +1,114 @@
+"""The options of `sample_ddpm.py`: one dataclass that is the flags, the YAML and the
+record saved next to the images (`OUT/sample_config.yaml`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from pathlib import Path
+
+from ddpm_lesion.core.config import option
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.sample.samplers import DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName
+from ddpm_lesion.sample.sharding import parse_shard
+
+
+class MixedPrecision(str, enum.Enum):
+    """`auto` is resolved before sampling (`ddpm_lesion.sample.autotune`): bf16 where the device runs it
+    natively, else no; the folder records the resolved value."""
+
+    AUTO = "auto"
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class CompileMode(str, enum.Enum):
+    """`torch.compile` modes for the network; `reduce-overhead` adds CUDA graphs on a GPU."""
+
+    NO = "no"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
+    MAX_AUTOTUNE = "max-autotune"
+
+
+class ReportTo(str, enum.Enum):
+    NONE = "none"
+    WANDB = "wandb"
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    model_dir: str | None = option(None, "Training run folder (its final pipeline, or see --checkpoint), any "
+                                         "DDPMPipeline folder, or a hub id already in the HF cache.")
+    checkpoint: str | None = option(None, "Sample from a run's checkpoint instead of its final pipeline: "
+                                          "'latest' or a step number.", metavar="latest|STEP")
+    output_dir: Path | None = option(None, "Where individual/, grids/, manifest.csv and sample_config.yaml go.")
+    num_images: int = option(5900, "How many images (indices 0 .. num_images-1).")
+    batch_size: int | None = option(None, "Images per network call (default: automatic -- on a GPU the largest power "
+                                          "of two that fits its free memory, up to --max_batch_size; on a CPU 16). "
+                                          "Part of an image's identity: float rounding depends on the batch, so a "
+                                          "folder records it and a resumed run reuses it.", metavar="N")
+    max_batch_size: int = option(256, "Ceiling of the automatic --batch_size.")
+    scheduler: SchedulerName | None = option(None, "Sampler, configured from the model's own noise schedule "
+                                                   "(default: automatic -- the model's own: the one it was "
+                                                   "distilled for (distilled.json), else the one `ddpm-lesion "
+                                                   "pick-sampler` measured as good as DDPM-50 on these weights "
+                                                   f"(sampler.json), else {DEFAULT_SCHEDULER.value}). The folder "
+                                                   "records the resolved value.")
+    num_inference_steps: int | None = option(None, "Network calls per image (default: automatic, with --scheduler: "
+                                                   f"the model's own count, else {DEFAULT_STEPS}). How few a model "
+                                                   "tolerates depends on the model: measure it with `ddpm-lesion "
+                                                   "pick-sampler`. A distilled model gives poor images at any other "
+                                                   "count. The folder records the resolved value.", metavar="N")
+    mixed_precision: MixedPrecision = option(MixedPrecision.AUTO, "Run the network under fp16/bf16 autocast; the "
+                                                                  "sampler arithmetic stays fp32. auto: bf16 where "
+                                                                  "the device runs it natively (Ampere+ GPUs, CPUs "
+                                                                  "with AVX512-BF16/AMX), else no. The folder "
+                                                                  "records the resolved value.")
+    torch_compile: CompileMode = option(CompileMode.NO, "Compile the network with torch.compile in this mode "
+                                                        "(reduce-overhead: with CUDA graphs on a GPU). Pays off over "
+                                                        "thousands of images; the first batch waits for the "
+                                                        "compiler. Changes float rounding, so a folder keeps one mode.")
+    class_label: str | None = option(None, "For a class-conditional model: the class to generate (a name from "
+                                           "its class_labels.json).", metavar="NAME")
+    guidance_scale: float = option(1.0, "Classifier-free guidance weight for a class-conditional model (Ho & "
+                                        "Salimans 2022): 1 = plain conditional prediction; larger trades "
+                                        "diversity for class fidelity and costs a second network pass.")
+    seed: int = option(0, "Image i is drawn from a generator seeded by (seed, i).")
+    output_size: int | None = option(None, "Resize the sampled images to this width with Lanczos. Upsampling "
+                                           "adds no detail; for native 128 px, train at 128.")
+    prefix: str = option("synthetic", "File names are <prefix>_<index>.png.")
+    shard: str | None = option(None, "Make only part K/N of the images (0 <= K < N), e.g. one task of a "
+                                     "SLURM array; all N parts together equal one full run.", metavar="K/N")
+    overwrite: bool = option(False, "Write into an output folder that holds other files or images made with "
+                                    "other settings: deletes this tool's earlier outputs there (never other "
+                                    "files) and starts over.")
+    report_to: ReportTo = option(ReportTo.NONE, "Also log the preview grids to wandb (honours WANDB_MODE).")
+
+
+# The options an image's pixels or name depend on; a folder may only be resumed with the same ones.
+RESUME_KEYS = ["seed", "scheduler", "num_inference_steps", "batch_size", "mixed_precision", "torch_compile",
+               "class_label", "guidance_scale", "output_size", "prefix"]
+
+
+def validate(cfg: SampleConfig) -> None:
+    """Reject settings that cannot work, before any model is loaded."""
+    if not cfg.model_dir:
+        raise UserError("--model_dir is required: a training run folder, a DDPMPipeline folder or a hub id.")
+    if cfg.output_dir is None:
+        raise UserError("--output_dir is required.")
+    for name in ("num_images", "batch_size", "max_batch_size", "num_inference_steps"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}.")
+    if cfg.guidance_scale < 0:
+        raise UserError(f"--guidance_scale must be >= 0, got {cfg.guidance_scale}.")
+    if cfg.output_size is not None and cfg.output_size <= 0:
+        raise UserError(f"--output_size must be a positive number of pixels, got {cfg.output_size}.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.prefix):
+        raise UserError(f"--prefix {cfg.prefix!r}: use letters, digits, '.', '_' or '-' (it becomes a file name).")
+    parse_shard(cfg.shard)
+    if cfg.overwrite and cfg.shard is not None:
+        raise UserError("--overwrite cannot be combined with --shard: each shard job would delete the images the "
+                        "others made. Empty the output folder once, then start the shards without --overwrite.")

@@ -1,0 +1,468 @@
+"""Fine-tuning a pretrained DDPM with Accelerate: the configuration and the loop.
+
+The loop reads top to bottom: set up (run folder, data, model, optimizer, resume), then
+for each optimizer step draw the micro-batches, check the loss is finite on every rank,
+step, update the EMA, log, and checkpoint. Data selection, loss, checkpoint format and
+logging live in their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from enum import Enum
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ddpm_lesion.train import batching
+from ddpm_lesion.train import checkpoints
+from ddpm_lesion.train import tracking
+from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
+from ddpm_lesion.core.config import config_differences, load_yaml, option, save_config, to_plain_dict
+from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.core.distributed import check_process_count, use_cpu
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.evaluate.features import FeatureSpace
+from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
+from ddpm_lesion.core.grids import make_grid
+from ddpm_lesion.data.labels import parse_filter
+from ddpm_lesion.train.losses import augment, diffusion_loss
+from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet
+from ddpm_lesion.sample.samplers import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName, denoise, image_generators,
+                                  initial_noise, make_scheduler)
+from ddpm_lesion.train.checkpoint_kid import CheckpointValidator
+from ddpm_lesion.train.checkpoint_kid import record as record_validation
+
+CONFIG_FILE = "train_config.yaml"
+
+
+class MixedPrecision(str, Enum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+@dataclass
+class TrainConfig:
+    """Options of `train_ddpm.py` (flag names follow diffusers' `train_unconditional.py`)."""
+
+    # Data
+    train_data_dir: Path | None = option(None, "Folder of training images (searched recursively; .jpg/.jpeg/.png/.bmp/.tif).")
+    labels_csv: Path | None = option(None, "Labels CSV (ISIC 2016-2020, HAM10000 or a one-column image_name list; format auto-detected).")
+    label_filter: list[str] = option([], "Keep rows where COLUMN=VALUE, e.g. target=1 or dx=mel (repeatable; all must match).", metavar="COLUMN=VALUE")
+    id_column: str | None = option(None, "CSV column holding image ids (default: detected from the format).")
+    dataset_name: str | None = option(None, "A Hugging Face `datasets` dataset (hub id or local folder) instead of --train_data_dir.")
+    dataset_config_name: str | None = option(None, "Config name of --dataset_name.")
+    image_column: str = option("image", "Image column of --dataset_name.")
+    cache_dir: Path | None = option(None, "Where decoded, resized images and downloads are cached.")
+    resolution: int = option(64, "Training resolution in pixels: images are resized (shorter side) and centre-cropped to it.")
+    random_flip: bool = option(True, "Randomly flip images horizontally (dermoscopy has no canonical orientation).")
+    class_column: str | None = option(None, "Train ONE class-conditional model: the CSV column holding each image's class (e.g. dx), or comma-separated one-hot columns (e.g. MEL,NV,BCC).")
+    class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
+    label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
+    # Model
+    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
+    revision: str | None = option(None, "Hub revision of the pretrained model.")
+    # Optimisation
+    output_dir: Path | None = option(None, "Run folder: checkpoints, samples, logs, the final EMA pipeline.")
+    seed: int = option(0, "Seed for data order, noise, timesteps and augmentation: same seed, same run.")
+    train_batch_size: int = option(16, "Images per device per micro-batch.")
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.")
+    num_epochs: int = option(100, "Passes over the data (ignored when --max_train_steps is set).")
+    max_train_steps: int | None = option(None, "Total optimizer steps (overrides --num_epochs).")
+    learning_rate: float = option(1e-5, "Peak learning rate; low because this fine-tunes a pretrained model.")
+    lr_scheduler: str = option("cosine", "LR schedule.", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
+    lr_warmup_steps: int = option(100, "Linear warm-up steps.")
+    adam_beta1: float = option(0.95, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_weight_decay: float = option(1e-6, "AdamW weight decay.")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    use_ema: bool = option(False, "Keep an exponential moving average of the weights and publish it.")
+    ema_inv_gamma: float = option(1.0, "EMA warm-up inv_gamma.")
+    ema_power: float = option(0.75, "EMA warm-up power (3/4 suits runs under ~100k steps).")
+    ema_max_decay: float = option(0.9999, "EMA maximum decay.")
+    mixed_precision: MixedPrecision | None = option(None, "Mixed precision (default: what `accelerate config` says).")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+    torch_compile: bool = option(False, "Compile the UNet with torch.compile: faster steps on a GPU once the first "
+                                        "step has waited for the compiler (minutes for a 100 M UNet).")
+    max_bad_steps: int = option(10, "Stop after this many consecutive steps with a NaN/Inf loss (each is skipped).")
+    validation_data_dir: Path | None = option(None, "Held-out real images: at every checkpoint, KID of fixed-seed samples against them; the lowest marks the best checkpoint (sample it with --checkpoint best).")
+    validation_num_images: int = option(64, "Samples scored at each checkpoint with --validation_data_dir.")
+    validation_features: FeatureSpace = option(FeatureSpace.EFFICIENTNET, "Feature space of the checkpoint KID (efficientnet works offline).")
+    # Checkpoints, logging, samples
+    checkpointing_steps: int = option(500, "Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = option(None, "Keep only the newest N checkpoints.")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder; 'latest' starts fresh if there is none yet.")
+    overwrite_output_dir: bool = option(False, "Start over in an --output_dir that already holds a run.")
+    save_images_steps: int = option(500, "Save and log a grid of samples every N steps (and at the end).")
+    num_sample_images: int = option(16, "Images in each sample grid.")
+    sample_scheduler: SchedulerName = option(DEFAULT_SCHEDULER, "Sampler of the sample grids and of the "
+                                                                "--validation_data_dir KID; the default is "
+                                                                "sample_ddpm.py's, so the best checkpoint is "
+                                                                "chosen by the images you will generate.")
+    sample_inference_steps: int = option(DEFAULT_STEPS, "Steps of --sample_scheduler for the sample grids and the "
+                                                        "checkpoint KID.")
+    report_to: str = option("none", "Tracker for metrics and sample grids.", choices=["none", "wandb", "tensorboard"])
+    tracker_project_name: str = option("ddpm-lesion", "wandb project / tensorboard run name.")
+    logging_dir: str = option("logs", "Tracker folder, relative to --output_dir.")
+    dry_run: bool = option(False, "Check the data and print the resolved configuration, then exit.")
+
+
+# Settings a resumed run must share with the run it continues; the rest (how long, how
+# often to save or log) may change between invocations.
+RESUME_INVARIANT = ["train_data_dir", "labels_csv", "label_filter", "id_column", "dataset_name", "resolution",
+                    "random_flip", "class_column", "label_dropout", "pretrained_model_name_or_path", "seed", "train_batch_size",
+                    "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "use_ema",
+                    "mixed_precision"]
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.output_dir is None:
+        raise UserError("--output_dir is required: the run folder for checkpoints, samples and the final model.")
+    if cfg.pretrained_model_name_or_path is None:
+        raise UserError("--pretrained_model_name_or_path is required (a hub id such as google/ddpm-ema-imagenet-64 "
+                        "or a folder written by save_pretrained).")
+    if cfg.train_data_dir is None and cfg.dataset_name is None:
+        raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
+    for expr in cfg.label_filter:
+        parse_filter(expr)
+
+
+def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
+    """Refuse to mix two different runs in one folder; say which settings differ."""
+    run = cfg.output_dir
+    saved = run / CONFIG_FILE
+    if saved.is_file() and not cfg.overwrite_output_dir:
+        if cfg.resume_from_checkpoint is None:
+            raise UserError(f"{run} already holds a training run. Add --resume_from_checkpoint latest to continue "
+                            "it, --overwrite_output_dir to start over there, or choose another --output_dir.")
+        diffs = config_differences(load_yaml(saved), to_plain_dict(cfg), RESUME_INVARIANT)
+        if diffs:
+            raise UserError(f"cannot resume the run in {run}: these settings differ from {saved}: "
+                            + "; ".join(diffs) + ". Use the original values or a new --output_dir.")
+    if is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run)
+        save_config(cfg, saved)
+
+
+def parameter_groups(unet: UNet2DModel, cfg: TrainConfig) -> list[dict]:
+    """The pretrained weights at the fine-tuning rate; a newly added class embedding, which
+    starts from zero and must be learned from scratch, at `--class_embedding_lr`."""
+    new = [p for n, p in unet.named_parameters() if n.startswith("class_embedding.")]
+    pretrained = [p for n, p in unet.named_parameters() if not n.startswith("class_embedding.")]
+    groups = [{"params": pretrained}]
+    if new:
+        groups.append({"params": new, "lr": cfg.class_embedding_lr, "weight_decay": 0.0})
+    return groups
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so Ctrl-C or a
+    scheduler's pre-emption signal ends in a final checkpoint instead of lost work."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """True on every rank if any rank was signalled, so all of them checkpoint together."""
+        flag = torch.tensor([0.0 if self.signal is None else 1.0], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.gather(flag)
+        return bool(flag.max() > 0)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+def sample_grid(unet: UNet2DModel, scheduler_config: dict, sampler: SchedulerName, num_images: int, steps: int,
+                seed: int, class_names: list[str] | None) -> Image.Image:
+    """A fixed-seed grid from the current weights, with the same noise every time so
+    grids from different steps are comparable; for a conditional model, row r shows
+    class r (cycling), guided with scale 1 (plain conditional prediction)."""
+    ncols = math.ceil(math.sqrt(num_images))
+    generators = image_generators(seed, range(num_images))
+    noise = initial_noise(generators, (3, unet.config.sample_size, unet.config.sample_size))
+    labels = None
+    if class_names is not None:
+        labels = torch.tensor([(i // ncols) % len(class_names) for i in range(num_images)])
+    pixels = denoise(unet, make_scheduler(sampler, scheduler_config), noise, generators, steps, class_labels=labels)
+    return make_grid(list(pixels.numpy()), ncols=ncols)
+
+
+@dataclass
+class TrainingData:
+    images: torch.Tensor  # uint8 [N, 3, R, R] on the training device
+    labels: torch.Tensor | None  # class index per image, for a class-conditional run
+    class_names: list[str] | None
+
+
+def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
+    """Decode once (cached), validate, report, and keep the images on the device as uint8."""
+    images, report, _, classes = load_training_images(
+        cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
+        cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
+        main_process_first=accelerator.main_process_first, class_column=cfg.class_column,
+    )
+    class_names = sorted(set(classes)) if classes is not None else None
+    if class_names is not None:
+        report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
+    accelerator.print(report.to_text())
+    if accelerator.is_main_process and not cfg.dry_run:
+        write_text_atomic(cfg.output_dir / "data_report.txt", report.to_text() + "\n")
+        write_text_atomic(cfg.output_dir / "data_report.json", json.dumps(report.to_dict(), indent=2))
+        if cfg.report_to != "none":
+            accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
+            tracking.log_text(accelerator, "data_report", report.to_text())
+    labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
+              if class_names is not None else None)
+    return TrainingData(images.to(accelerator.device), labels, class_names)
+
+
+def build_model(cfg: TrainConfig, class_names: list[str] | None,
+                device: torch.device) -> tuple[UNet2DModel, DDPMScheduler, EMAModel | None]:
+    """The pretrained UNet (plus a class embedding for a conditional run), its noise
+    schedule, and the EMA of its weights."""
+    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
+    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
+    check_resolution(unet, cfg.resolution)
+    if class_names is not None:
+        unet = add_class_embedding(unet, len(class_names))
+    unet.register_to_config(sample_size=cfg.resolution)  # pipelines then generate at the trained size
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet = unet.to(device, memory_format=torch.channels_last)
+    if cfg.torch_compile:
+        unet.compile()  # in place: the module, its state_dict keys and its checkpoints stay as they are
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
+                   power=cfg.ema_power, foreach=True) if cfg.use_ema else None
+    return unet, noise_scheduler, ema
+
+
+def build_optimizer(cfg: TrainConfig, unet: UNet2DModel, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`. Its fused kernel (one pass over each weight per step)
+    exists for CUDA and, since torch 2.4, CPUs; on the bench CPU it steps the 101 M UNet's
+    weights 3x faster than torch's CPU default, the per-tensor loop (BENCHMARKS.md)."""
+    return torch.optim.AdamW(parameter_groups(unet, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                             fused=device.type in ("cuda", "cpu"))
+
+
+def record_step(state: checkpoints.TrainerState, finite: bool, max_bad_steps: int) -> None:
+    """Advance the step counter; count skipped (non-finite) steps and stop after too many in a row."""
+    state.global_step += 1
+    if finite:
+        state.consecutive_bad_steps = 0
+        return
+    state.skipped_steps += 1
+    state.consecutive_bad_steps += 1
+    if state.consecutive_bad_steps >= max_bad_steps:
+        raise UserError(
+            f"training stopped at step {state.global_step}: {state.consecutive_bad_steps} steps in a row had a "
+            "NaN/Inf loss or gradient (each was skipped; no NaN weights were saved). Likely causes: the "
+            "learning rate is too high (try --learning_rate 1e-5), fp16 overflow (use --mixed_precision bf16 "
+            "or no), or broken input data (see data_report.txt). Resume from the last good checkpoint with "
+            "--resume_from_checkpoint latest after fixing it.")
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a fine-tune; returns the run folder, which then loads with
+    `DDPMPipeline.from_pretrained(run)`."""
+    validate(cfg)
+    run = cfg.output_dir
+    accelerator = Accelerator(
+        cpu=use_cpu(),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision.value if cfg.mixed_precision else None,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / cfg.logging_dir)),
+    )
+    check_process_count(accelerator.num_processes)
+    say = accelerator.print
+    say(f"ddpm-lesion: training on {accelerator.num_processes} process(es), device {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}")
+    if not cfg.dry_run:
+        prepare_run_dir(cfg, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+
+    data = load_data(cfg, accelerator)
+    if cfg.dry_run:
+        say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
+        return run
+    unet, noise_scheduler, ema = build_model(cfg, data.class_names, accelerator.device)
+    optimizer = build_optimizer(cfg, unet, accelerator.device)
+    images, labels, class_names = data.images, data.labels, data.class_names
+    per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
+                                         cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_train_steps or per_epoch * cfg.num_epochs
+    # Accelerate steps a prepared LR scheduler once per process per optimizer step.
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    state = checkpoints.TrainerState()
+    if cfg.resume_from_checkpoint:
+        path = checkpoints.find_checkpoint(run, cfg.resume_from_checkpoint)
+        if path is None:
+            say(f"no checkpoint in {run} yet: starting a fresh run")
+        else:
+            state = checkpoints.load_checkpoint(accelerator, path, unet, ema)
+            say(f"resumed from {path} at step {state.global_step}")
+    metrics = tracking.MetricsLog(run / "metrics.csv")
+    if accelerator.is_main_process:
+        metrics.truncate_after(state.global_step)
+
+    say(f"{len(images)} images, {per_epoch} steps per epoch, {max_steps} steps "
+        f"(batch {cfg.train_batch_size} x {accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation)")
+    validator = None
+    if cfg.validation_data_dir is not None and accelerator.is_main_process:
+        validator = CheckpointValidator(cfg.validation_data_dir, cfg.resolution, cfg.validation_num_images,
+                                        cfg.validation_features, cfg.sample_scheduler, cfg.sample_inference_steps,
+                                        cfg.seed,
+                                        accelerator.device)
+        for warning in validator.warnings:
+            say(f"warning: {warning}")
+    stop = StopRequest()
+    progress = tqdm(total=max_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
+                    desc="training", unit="step", dynamic_ncols=True)
+    started, first_step = time.perf_counter(), state.global_step
+    while state.global_step < max_steps:
+        loss, grad_norm, finite = train_step(cfg, accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
+                                             images, labels, state.global_step)
+        record_step(state, finite, cfg.max_bad_steps)
+        if finite and ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
+        row = {"step": state.global_step, "epoch": f"{state.global_step / per_epoch:.4f}", "loss": f"{loss:.6g}",
+               "lr": f"{lr_scheduler.get_last_lr()[0]:.6g}", "grad_norm": f"{grad_norm:.6g}",
+               "skipped_steps": state.skipped_steps}
+        images_per_sec = ((state.global_step - first_step) * cfg.train_batch_size * accelerator.num_processes
+                          * cfg.gradient_accumulation_steps / (time.perf_counter() - started))
+        if accelerator.is_main_process:
+            metrics.append(row)
+        accelerator.log({"loss": loss, "lr": float(row["lr"]), "grad_norm": grad_norm,
+                         "images_per_sec": images_per_sec, "skipped_steps": state.skipped_steps},
+                        step=state.global_step)
+        progress.update(1)
+        progress.set_postfix(loss=row["loss"], lr=row["lr"], img_s=f"{images_per_sec:.1f}")
+
+        done = state.global_step >= max_steps
+        stopping = stop.requested(accelerator)
+        if done or stopping or state.global_step % cfg.checkpointing_steps == 0:
+            path = checkpoints.save_checkpoint(accelerator, run, state, accelerator.unwrap_model(unet), ema,
+                                               noise_scheduler, cfg.checkpoints_total_limit, class_names)
+            if accelerator.is_main_process:
+                tracking.plot_loss(metrics, run / "loss.png")
+                if validator is not None:
+                    validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
+                                        class_names, progress.write)
+                    checkpoints.rotate_checkpoints(run, cfg.checkpoints_total_limit)  # a new best frees the old one
+            progress.write(f"saved {path}")
+        if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
+            save_samples(cfg, accelerator, unet, ema, noise_scheduler, state.global_step, class_names)
+        if stopping and not done:
+            progress.close()
+            raise UserError(f"interrupted by signal {stop.signal} at step {state.global_step}; the checkpoint is "
+                            f"saved. Rerun the same command with --resume_from_checkpoint latest to continue.")
+    progress.close()
+
+    if accelerator.is_main_process:
+        publish_final(run, max_steps)
+        say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
+            f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
+    # Not `end_training()`: it also destroys the process group, which a caller such as
+    # `ddpm-lesion balance` still needs for sampling right after training.
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.wait_for_everyone()  # every rank returns only once the final model is on disk
+    return run
+
+
+def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_scheduler, noise_scheduler,
+               images: torch.Tensor, labels: torch.Tensor | None, step: int) -> tuple[float, float, bool]:
+    """One optimizer step over `gradient_accumulation_steps` micro-batches.
+
+    The loss of every micro-batch is gathered from all ranks *before* backward: if any
+    rank sees NaN/Inf, every rank skips the backward pass and the update together (a
+    rank that skipped alone would deadlock DDP's gradient all-reduce).
+    """
+    losses, finite = [], True
+    for micro in range(cfg.gradient_accumulation_steps):
+        micro_step = step * cfg.gradient_accumulation_steps + micro
+        index = batching.micro_batch_indices(len(images), cfg.train_batch_size, micro_step, accelerator.process_index,
+                                             accelerator.num_processes, cfg.seed)
+        generator = batching.micro_batch_generator(cfg.seed, micro_step, accelerator.process_index)
+        clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
+        clean = clean.contiguous(memory_format=torch.channels_last)
+        class_labels = None
+        if labels is not None:
+            null = accelerator.unwrap_model(unet).config.num_class_embeds - 1
+            class_labels = drop_labels(labels[index.to(labels.device)], cfg.label_dropout, null, generator)
+        with accelerator.accumulate(unet):
+            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels)
+            all_losses = accelerator.gather(loss.detach().reshape(1))
+            if not torch.isfinite(all_losses).all():
+                finite = False
+                continue
+            losses.append(all_losses.mean().item())
+            accelerator.backward(loss)
+    grad_norm = float("nan")
+    if finite:
+        grad_norm = float(accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm))
+        finite = math.isfinite(grad_norm)
+        # fp16's GradScaler must see overflowing steps (it skips them and lowers the
+        # scale); without a scaler a non-finite gradient must never reach AdamW.
+        if finite or accelerator.scaler is not None:
+            optimizer.step()
+            finite = finite and not optimizer.step_was_skipped
+    optimizer.zero_grad(set_to_none=True)
+    lr_scheduler.step()
+    loss = sum(losses) / len(losses) if finite and losses else float("nan")
+    return loss, grad_norm, finite
+
+
+def validate_checkpoint(validator: CheckpointValidator, accelerator: Accelerator, run: Path, unet,
+                        ema: EMAModel | None, noise_scheduler, step: int, class_names: list[str] | None,
+                        say: Callable[[str], None]) -> None:
+    """Score the just-saved weights (EMA when on) and keep track of the best checkpoint."""
+    exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema).to(accelerator.device)
+    score = validator.score(exported, noise_scheduler.config, step, len(class_names) if class_names else None)
+    best = record_validation(run, score)
+    accelerator.log({"validation/kid": score.kid, "validation/kid_ci_low": score.ci_low,
+                     "validation/kid_ci_high": score.ci_high}, step=step)
+    say(f"step {step}: KID ({score.feature_space}) {score.kid:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}]"
+        + (" - best so far" if best else ""))
+
+
+def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel | None, noise_scheduler,
+                 step: int, class_names: list[str] | None) -> None:
+    exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema)
+    grid = sample_grid(exported, noise_scheduler.config, cfg.sample_scheduler, cfg.num_sample_images,
+                       cfg.sample_inference_steps, cfg.seed, class_names)
+    write_bytes_atomic(cfg.output_dir / "samples" / f"step-{step:07d}.png", tracking.png_bytes(grid))
+    tracking.log_image(accelerator, "samples", grid, step)
+
+
+def publish_final(run: Path, step: int) -> None:
+    """The last checkpoint's pipeline at the top of the run folder, diffusers' convention."""
+    checkpoints.publish_pipeline(run / f"{checkpoints.CHECKPOINT_PREFIX}{step}" / checkpoints.PIPELINE_SUBDIR, run)

@@ -1,0 +1,330 @@
+"""Training on tiny UNets: batching maths, the loss, an end-to-end run, exact resume,
+NaN handling, disk errors, hostile checkpoints, configs and trackers."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers import DDPMPipeline, DDPMScheduler
+from safetensors.torch import load_file
+
+from tests.helpers import save_tiny_pipeline, tiny_unet, write_images
+from ddpm_lesion.train import batching
+from ddpm_lesion.train import checkpoints
+from ddpm_lesion.train import loop as training
+from ddpm_lesion.core.config import parse_config
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.train.losses import diffusion_loss
+from ddpm_lesion.train.loop import TrainConfig, train
+
+WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+def make_cfg(tmp_path: Path, *extra: str, steps: int = 4) -> TrainConfig:
+    if not (tmp_path / "images").exists():
+        write_images(tmp_path / "images", 6, size=20)
+        save_tiny_pipeline(tmp_path / "pretrained")
+    args = ["--train_data_dir", str(tmp_path / "images"), "--pretrained_model_name_or_path", str(tmp_path / "pretrained"),
+            "--output_dir", str(tmp_path / "run"), "--resolution", "16", "--train_batch_size", "2",
+            "--max_train_steps", str(steps), "--checkpointing_steps", "2", "--save_images_steps", "100",
+            "--num_sample_images", "4", "--sample_inference_steps", "2", "--learning_rate", "1e-3",
+            "--lr_warmup_steps", "1", "--cache_dir", str(tmp_path / "cache"), *extra]
+    return parse_config(TrainConfig, args)
+
+
+# --- pure pieces ------------------------------------------------------------------
+
+def test_micro_batches_cover_each_epoch_once_and_ranks_are_disjoint():
+    n, batch, world = 10, 2, 2
+    seen = [batching.micro_batch_indices(n, batch, m, r, world, seed=3) for m in range(5) for r in range(world)]
+    first_epoch = torch.cat(seen)  # 5 micro-steps x 2 ranks x 2 = 20 = two epochs
+    assert sorted(first_epoch[:10].tolist()) == list(range(10))
+    assert sorted(first_epoch[10:].tolist()) == list(range(10))
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
+    again = batching.micro_batch_indices(n, batch, 3, 1, world, seed=3)
+    assert torch.equal(again, seen[3 * world + 1])
+    assert not torch.equal(batching.epoch_permutation(n, 3, 0), batching.epoch_permutation(n, 3, 1))
+
+
+def test_batch_straddling_an_epoch_boundary():
+    idx = batching.micro_batch_indices(5, 4, 1, 0, 1, seed=0)  # positions 4..7: epoch 0 tail + epoch 1 head
+    assert idx[0] == batching.epoch_permutation(5, 0, 0)[4]
+    assert torch.equal(idx[1:], batching.epoch_permutation(5, 0, 1)[:3])
+
+
+def test_steps_per_epoch_rounds_up():
+    assert batching.steps_per_epoch(374, 16, 1, 1) == 24
+    assert batching.steps_per_epoch(374, 16, 2, 2) == 6
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_loss_regresses_the_configured_target(prediction_type):
+    """Hand-built check: a 'network' that returns exactly the target has zero loss."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    clean = torch.rand(3, 3, 8, 8) * 2 - 1
+    seed = 7
+
+    class Oracle(torch.nn.Module):
+        def forward(self, noisy, timesteps):
+            g = torch.Generator().manual_seed(seed)
+            noise = torch.randn(clean.shape, generator=g)
+            t = torch.randint(0, 1000, (3,), generator=g)
+            alpha = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+            sigma = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+            assert torch.allclose(noisy, alpha * clean + sigma * noise, atol=1e-6)
+            target = {"epsilon": noise, "sample": clean, "v_prediction": alpha * noise - sigma * clean}[prediction_type]
+            return type("Out", (), {"sample": target})
+
+    loss = diffusion_loss(Oracle(), scheduler, clean, torch.Generator().manual_seed(seed))
+    assert loss.item() < 1e-10
+
+
+# --- end to end --------------------------------------------------------------------
+
+def test_end_to_end_run_folder_loads_with_plain_diffusers(tmp_path):
+    run = train(make_cfg(tmp_path, "--use_ema", "--save_images_steps", "2"))
+    pipe = DDPMPipeline.from_pretrained(run, use_safetensors=True)
+    assert pipe.unet.config.sample_size == 16
+    assert not list(run.rglob("*.bin")) or all("optimizer" in p.name or "scheduler" in p.name for p in run.rglob("*.bin"))
+    assert [p.name for _, p in checkpoints.list_checkpoints(run)] == ["checkpoint-2", "checkpoint-4"]
+    # The published weights are the EMA weights of the last checkpoint, not the live model.
+    top = load_file(run / WEIGHTS)
+    ckpt = load_file(run / "checkpoint-4/pipeline" / WEIGHTS)
+    live = load_file(run / "checkpoint-4/model.safetensors")
+    assert all(torch.equal(top[k], ckpt[k]) for k in top)
+    assert any(not torch.equal(top[k], live[k]) for k in top)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss,lr,grad_norm,skipped_steps" and len(rows) == 5
+    assert all(math.isfinite(float(r.split(",")[2])) for r in rows[1:])
+    for name in ("loss.png", "samples/step-0000002.png", "samples/step-0000004.png", "train_config.yaml",
+                 "data_report.json", "data_report.txt"):
+        assert (run / name).is_file(), name
+    saved = yaml.safe_load((run / "train_config.yaml").read_text())
+    assert saved["resolution"] == 16 and saved["use_ema"] is True
+
+
+def test_torch_compile_flag_compiles_the_unet_in_place(tmp_path, monkeypatch):
+    """Wiring only (compiling takes minutes on a CPU): the flag reaches `Module.compile`,
+    which compiles in place, so checkpoints keep the plain diffusers layout."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compiled.append(type(self).__name__))
+    train(make_cfg(tmp_path, "--torch_compile", steps=2))
+    assert compiled == ["UNet2DModel"]
+    assert DDPMPipeline.from_pretrained(tmp_path / "run", use_safetensors=True).unet.config.sample_size == 16
+
+
+def test_training_changes_the_weights_and_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    """The loop really optimises: same data, same noise, more steps -> lower loss."""
+    run = train(make_cfg(tmp_path, "--learning_rate", "3e-3", "--lr_scheduler", "constant", steps=30))
+    before = load_file(tmp_path / "pretrained" / WEIGHTS)
+    after = load_file(run / WEIGHTS)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    losses = [float(r.split(",")[2]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
+    cfg = make_cfg(tmp_path, "--use_ema", steps=6)
+    run = train(cfg)
+    reference = {k: v.clone() for k, v in load_file(run / WEIGHTS).items()}
+    reference_live = load_file(run / "checkpoint-6/model.safetensors")
+    reference_metrics = (run / "metrics.csv").read_text()
+    # Pretend the process died after checkpoint-2: later checkpoints and the export are gone.
+    for leftover in ("checkpoint-4", "checkpoint-6", "unet", "scheduler", "model_index.json"):
+        path = run / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    train(make_cfg(tmp_path, "--use_ema", "--resume_from_checkpoint", "latest", steps=6))
+    resumed = load_file(run / WEIGHTS)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    live = load_file(run / "checkpoint-6/model.safetensors")
+    assert all(torch.equal(reference_live[k], live[k]) for k in live)
+    assert (run / "metrics.csv").read_text() == reference_metrics
+
+
+def test_resume_latest_without_checkpoints_starts_fresh(tmp_path, capsys):
+    train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=2))
+    assert "starting a fresh run" in capsys.readouterr().out
+
+
+def test_rerun_into_an_existing_run_is_refused_and_resume_with_changed_settings_names_them(tmp_path):
+    train(make_cfg(tmp_path, steps=2))
+    with pytest.raises(UserError, match="already holds a training run"):
+        train(make_cfg(tmp_path, steps=2))
+    with pytest.raises(UserError, match=r"resolution: 16 -> 32"):
+        train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", "--resolution", "32", steps=4))
+
+
+def test_checkpoints_total_limit_keeps_newest(tmp_path):
+    run = train(make_cfg(tmp_path, "--checkpoints_total_limit", "2", "--checkpointing_steps", "1", steps=4))
+    assert [s for s, _ in checkpoints.list_checkpoints(run)] == [3, 4]
+
+
+# --- failures -----------------------------------------------------------------------
+
+def test_nan_steps_are_skipped_then_the_run_stops_without_saving_nan(tmp_path, monkeypatch):
+    real = training.diffusion_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in (2, 5, 6, 7) else loss
+
+    monkeypatch.setattr(training, "diffusion_loss", flaky)
+    run = train(make_cfg(tmp_path, "--max_bad_steps", "4", steps=8))
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert [r[5] for r in rows] == ["0", "1", "1", "1", "2", "3", "4", "4"]
+    assert all(torch.isfinite(t).all() for t in load_file(run / WEIGHTS).values())
+
+    calls["n"] = 0
+    monkeypatch.setattr(training, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(UserError, match="3 steps in a row.*learning rate.*fp16"):
+        train(make_cfg(tmp_path / "second", "--max_bad_steps", "3", steps=8))
+    for _, path in checkpoints.list_checkpoints(tmp_path / "second" / "run"):  # skipped steps never touch weights
+        assert all(torch.isfinite(t).all() for t in load_file(path / "pipeline" / WEIGHTS).values())
+
+
+def test_disk_error_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    real = checkpoints.save_pipeline
+
+    def failing(unet, scheduler, folder, class_names=None):
+        if "checkpoint-4" in str(folder):
+            raise OSError(28, "No space left on device")
+        real(unet, scheduler, folder, class_names)
+
+    monkeypatch.setattr(checkpoints, "save_pipeline", failing)
+    with pytest.raises(UserError, match="No space left on device.*checkpoint-2 is intact"):
+        train(make_cfg(tmp_path, steps=4))
+    run = tmp_path / "run"
+    assert [p.name for _, p in checkpoints.list_checkpoints(run)] == ["checkpoint-2"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".checkpoint")]
+    DDPMPipeline.from_pretrained(run / "checkpoint-2/pipeline")
+
+
+def test_planted_pickle_in_a_checkpoint_is_refused_without_running(tmp_path):
+    train(make_cfg(tmp_path, steps=2))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state": Evil()}, tmp_path / "run/checkpoint-2/optimizer.bin")
+    with pytest.raises(UserError, match="refusing to load.*could run code"):
+        train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=4))
+    assert not marker.exists()
+
+
+def test_planted_pickle_as_pretrained_model_is_refused_without_running(tmp_path):
+    model = save_tiny_pipeline(tmp_path / "pretrained")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (model / WEIGHTS).unlink()
+    torch.save({"conv_in.weight": Evil()}, model / "unet/diffusion_pytorch_model.bin")
+    with pytest.raises(UserError, match="could not load the UNet2DModel"):
+        from ddpm_lesion.model.pretrained import load_unet
+        load_unet(str(model))
+    assert not marker.exists()
+
+
+def test_bad_flags_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="--output_dir is required"):
+        train(parse_config(TrainConfig, ["--train_data_dir", "x", "--pretrained_model_name_or_path", "y"]))
+    with pytest.raises(UserError, match="multiple of 2. Use --resolution 16 or 18|multiple of 2"):
+        train(make_cfg(tmp_path, "--resolution", "17"))
+    with pytest.raises(UserError, match="neither a local folder nor a model in the Hugging Face cache"):
+        train(make_cfg(tmp_path, "--pretrained_model_name_or_path", "nobody/no-such-model", "--output_dir",
+                       str(tmp_path / "other")))
+
+
+def test_yaml_config_with_flag_override(tmp_path):
+    (tmp_path / "c.yaml").write_text("resolution: 32\nlearning_rate: 0.002\nlabel_filter: [target=1]\n")
+    cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--resolution", "16"])
+    assert (cfg.resolution, cfg.learning_rate, cfg.label_filter) == (16, 0.002, ["target=1"])
+    (tmp_path / "bad.yaml").write_text("resolutoin: 32\n")
+    with pytest.raises(UserError, match="unknown option 'resolutoin'. Did you mean 'resolution'"):
+        parse_config(TrainConfig, ["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_dry_run_validates_data_and_writes_nothing(tmp_path, capsys):
+    cfg = make_cfg(tmp_path, "--dry_run")
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "resolution: 16" in out and not (tmp_path / "run").exists()
+
+
+def test_hub_id_loads_offline_from_a_prefilled_cache(tmp_path, monkeypatch):
+    """The same `from_pretrained(hub_id)` path a user hits, served from HF_HUB_CACHE."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--lab--tiny-ddpm" / "snapshots" / ("a" * 40)
+    save_tiny_pipeline(snapshot)
+    (cache / "models--lab--tiny-ddpm" / "refs").mkdir(parents=True)
+    (cache / "models--lab--tiny-ddpm" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    from ddpm_lesion.model.pretrained import load_noise_scheduler, load_unet
+
+    unet = load_unet("lab/tiny-ddpm")
+    assert list(unet.config.block_out_channels) == list(tiny_unet().config.block_out_channels)
+    assert load_noise_scheduler("lab/tiny-ddpm").config.num_train_timesteps == 1000
+
+
+def test_wandb_offline_logging(tmp_path, wandb_dir):
+    train(make_cfg(tmp_path, "--report_to", "wandb", "--save_images_steps", "2", steps=2))
+    runs = list(wandb_dir.glob("offline-run-*"))
+    assert runs and list(runs[0].rglob("*.wandb"))
+    media = list(runs[0].rglob("samples_*.png"))
+    assert media, "sample grid was not logged"
+
+
+def test_checkpoints_are_scored_by_kid_and_the_best_one_is_kept_and_sampleable(tmp_path):
+    from ddpm_lesion.model.pretrained import load_pipeline, read_best
+
+    write_images(tmp_path / "heldout", 6, size=20, seed=9)
+    run = train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features",
+                         "pixels", "--validation_num_images", "6", "--checkpointing_steps", "1",
+                         "--checkpoints_total_limit", "1", steps=4))
+    rows = [r.split(",") for r in (run / "validation.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4] and all(r[4] == "pixels16" for r in rows)
+    kids = {int(r[0]): float(r[1]) for r in rows}
+    best = read_best(run)
+    assert best["step"] == min(kids, key=kids.get) and best["kid"] == pytest.approx(kids[best["step"]], rel=1e-4)
+    kept = {s for s, _ in checkpoints.list_checkpoints(run)}
+    assert kept == {4, best["step"]}  # the newest (limit 1) and the best survive rotation
+    _, source = load_pipeline(str(run), "best")
+    assert source.endswith(f"checkpoint-{best['step']}/pipeline")
+
+
+@pytest.mark.parametrize("flags,expected", [((), "DDPMScheduler"), (("--sample_scheduler", "ddim"), "DDIMScheduler")])
+def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, monkeypatch, flags, expected):
+    """By default the grids and the KID that picks the best checkpoint come from the sampler
+    sample_ddpm.py uses by default (a checkpoint ranked by DDIM images may not be the best
+    under DDPM: their KIDs differed 4x on the demo model)."""
+    from ddpm_lesion.train import checkpoint_kid as validation
+    from ddpm_lesion.sample.samplers import DEFAULT_SCHEDULER, DEFAULT_STEPS
+
+    assert (TrainConfig().sample_scheduler, TrainConfig().sample_inference_steps) == (DEFAULT_SCHEDULER, DEFAULT_STEPS)
+    used = []
+
+    def recording(unet, scheduler, *args, **kwargs):
+        used.append(type(scheduler).__name__)
+        return training_denoise(unet, scheduler, *args, **kwargs)
+
+    training_denoise = training.denoise
+    monkeypatch.setattr(training, "denoise", recording)
+    monkeypatch.setattr(validation, "denoise", recording)
+    write_images(tmp_path / "heldout", 6, size=20, seed=9)
+    train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features", "pixels",
+                   "--validation_num_images", "4", "--checkpointing_steps", "2", *flags, steps=2))
+    assert len(used) >= 2 and set(used) == {expected}  # one KID, one grid at least
