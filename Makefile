@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY)
 
-test: $(STAMP)
+# ruff (pyflakes, pycodestyle, isort, pyupgrade) and import-linter (imports only go down the
+# stages, see ddpm_lesion/__init__.py): a wrong-way import or a lint error fails CI.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline
-
 from common import DEMO_MODEL, REPO
+from diffusers import DDPMPipeline
 
 sys.path.insert(0, str(REPO / "scripts"))
 import make_demo_assets as demo  # noqa: E402  (the demo model's own pretraining pieces)

@@ -38,15 +38,26 @@ from pathlib import Path
 
 import torch
 import yaml
+from common import (
+    DEMO_MODEL,
+    PeakKernels,
+    forward_gflop,
+    interleave,
+    markdown_table,
+    origin_unet,
+    peak_memory,
+    run_sizes,
+    spread,
+    write_real_set,
+)
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
-from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, markdown_table, origin_unet,
-                    peak_memory, run_sizes, spread, write_real_set)
+from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.evaluate.audit import EvalConfig, evaluate_folders
 from ddpm_lesion.evaluate.features import FeatureSpace
 from ddpm_lesion.sample.generation import AUTOCAST_DTYPES, generate
-from ddpm_lesion.sample.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.sample.sample_config import SampleConfig
 from ddpm_lesion.sample.samplers import DEFAULT_STEPS, SchedulerName
 
 ORIGIN_STEPS, ORIGIN_BATCH = 50, 4

@@ -23,14 +23,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from common import DEMO_MODEL, machine, markdown_table, write_real_set
+
+from ddpm_lesion.core.options import MixedPrecision
+from ddpm_lesion.data.evaluation_sets import load_image_set
 from ddpm_lesion.evaluate.audit import EvalConfig, score_space
 from ddpm_lesion.evaluate.features import FeatureSpace, cached_features, resolve_extractors
-from ddpm_lesion.sample.generation import generate
-from ddpm_lesion.data.evaluation_sets import load_image_set
 from ddpm_lesion.evaluate.metrics import paired_kid_difference
-from ddpm_lesion.sample.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.sample.generation import generate
+from ddpm_lesion.sample.sample_config import SampleConfig
 from ddpm_lesion.sample.samplers import SchedulerName
 
 DEFAULT_SETTINGS = ["ddpm:50", "ddim:10", "ddim:20", "ddim:25", "dpmsolver++:10", "dpmsolver++:20", "unipc:10",

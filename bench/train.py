@@ -29,12 +29,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from common import (
+    DEMO_MODEL,
+    PeakKernels,
+    forward_gflop,
+    interleave,
+    markdown_table,
+    origin_unet,
+    peak_memory,
+    run_sizes,
+    spread,
+)
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 
-from common import (DEMO_MODEL, PeakKernels, forward_gflop, interleave, markdown_table, origin_unet,
-                    peak_memory, spread, run_sizes)
-from ddpm_lesion.train.loop import MixedPrecision, TrainConfig, build_model, build_optimizer, train_step
+from ddpm_lesion.core.options import MixedPrecision
+from ddpm_lesion.train.loop import TrainConfig, build_model, build_optimizer, train_step
 
 BATCH = 16
 

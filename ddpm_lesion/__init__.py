@@ -18,7 +18,9 @@ A module belongs to the lowest stage that needs it; code two stages share moves 
 lower one rather than being imported upwards.
 """
 
-__version__ = "0.1.0"
+from ddpm_lesion.core.version import __version__
+
+__all__ = ["__version__", "is_synthetic"]
 
 
 def __getattr__(name: str):

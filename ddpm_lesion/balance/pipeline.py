@@ -25,7 +25,6 @@ process plans and writes the CSV.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import enum
@@ -39,6 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ddpm_lesion.balance.dedupe import find_duplicates
 from ddpm_lesion.balance.plan import (
     BalancePlan,
     ClassPlan,
@@ -51,31 +51,27 @@ from ddpm_lesion.balance.plan import (
     synthetic_counts,
     training_rows,
 )
+from ddpm_lesion.balance.split import find_group_column, groups_in_several_splits
 from ddpm_lesion.core.config import (
-    add_dataclass_arguments,
-    config_differences,
-    config_from_args,
     load_yaml,
     option,
     save_config,
     to_plain_dict,
 )
-from ddpm_lesion.data.training_images import load_training_images
-from ddpm_lesion.balance.dedupe import find_duplicates
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
-from ddpm_lesion.sample.generation import run_on_main_process, distributed_state, generate
+from ddpm_lesion.core.options import MixedPrecision, ReportTo
+from ddpm_lesion.core.resume_guard import resume_differences
 from ddpm_lesion.data.image_decoding import IMAGE_EXTENSIONS
 from ddpm_lesion.data.label_writer import check_can_add_columns, write_labels
-from ddpm_lesion.data.labels import LabelTable, find_images, read_labels, resolve_ids
+from ddpm_lesion.data.labels import SYNTHETIC_COLUMN, LabelTable, find_images, id_key, read_labels, resolve_ids
+from ddpm_lesion.data.training_images import load_training_images
 from ddpm_lesion.evaluate.copy_detection import DUPLICATE_DISTANCE
+from ddpm_lesion.sample.generation import distributed_state, generate, run_on_main_process
 from ddpm_lesion.sample.output_folder import OutputLayout
 from ddpm_lesion.sample.provenance import read_manifest
-from ddpm_lesion.sample.sample_config import MixedPrecision as SampleMixedPrecision
-from ddpm_lesion.sample.sample_config import ReportTo, SampleConfig
-from ddpm_lesion.balance.split import find_group_column, groups_in_several_splits
+from ddpm_lesion.sample.sample_config import SampleConfig
 from ddpm_lesion.train.loop import TrainConfig, train
-from ddpm_lesion.data.labels import SYNTHETIC_COLUMN, id_key
 
 SOURCE_COLUMN = "source_model"
 ADDED_COLUMNS = [SYNTHETIC_COLUMN, SOURCE_COLUMN]
@@ -125,8 +121,9 @@ _SET_FOR_TRAINING = {"train_data_dir", "labels_csv", "label_filter", "id_column"
                      "overwrite_output_dir", "dry_run"}
 _SET_FOR_SAMPLING = {"model_dir", "checkpoint", "output_dir", "num_images", "class_label", "prefix", "shard",
                      "overwrite"}
-# Options that may change between a run and its resumption: how often to save or log, not what is made.
-_MAY_CHANGE = {"dry_run", "overwrite", "cache_dir", "report_to", "tracker_project_name", "logging_dir",
+# What a resumed balance run may change (`ddpm_lesion.core.resume_guard`): how often to save or log, not
+# what is made.
+MAY_CHANGE_ON_RESUME = {"dry_run", "overwrite", "cache_dir", "report_to", "tracker_project_name", "logging_dir",
                "checkpointing_steps", "checkpoints_total_limit", "save_images_steps", "num_sample_images",
                "sample_inference_steps"}
 
@@ -223,8 +220,8 @@ def sampling_config(cfg: AnyBalanceConfig, layout: BalanceLayout, plan_class: Cl
                         model_dir=str(layout.model(None if conditional else plan_class)),
                         output_dir=generated.root, prefix=generated.prefix, num_images=plan_class.synthetic,
                         class_label=plan_class.name if conditional else None,
-                        seed=class_seed(cfg.seed, plan_class.name), mixed_precision=SampleMixedPrecision(precision),
-                        report_to=ReportTo.WANDB if cfg.report_to == "wandb" else ReportTo.NONE)
+                        seed=class_seed(cfg.seed, plan_class.name), mixed_precision=MixedPrecision(precision),
+                        report_to=ReportTo.WANDB if cfg.report_to is ReportTo.WANDB else ReportTo.NONE)
 
 
 def class_seed(seed: int, class_name: str) -> int:
@@ -351,7 +348,7 @@ def check_rerun(cfg: AnyBalanceConfig, layout: BalanceLayout, log: Callable[[str
     if not layout.config.is_file():
         return
     new = to_plain_dict(cfg)
-    differences = config_differences(load_yaml(layout.config), new, [k for k in new if k not in _MAY_CHANGE])
+    differences = resume_differences(load_yaml(layout.config), new, MAY_CHANGE_ON_RESUME)
     if differences:
         raise UserError(f"{layout.root} holds a balance run made with other settings ({layout.config}): "
                         + "; ".join(differences) + ". Rerun with the original values to resume it, pass --overwrite "
@@ -448,17 +445,6 @@ def models_to_train(plan: BalancePlan) -> list[ClassPlan | None]:
     if not plan.to_generate:
         return []
     return [None] if plan.mode == BalanceMode.CONDITIONAL.value else list(plan.to_generate)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Options tagged [train_ddpm.py] / [sample_ddpm.py] are passed to fine-tuning / sampling "
-                     "unchanged; --seed, --mixed_precision and --report_to apply to both.")
-    add_dataclass_arguments(parser, BalanceConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    balance(config_from_args(BalanceConfig, args))
-    return 0
 
 
 # ------------------------------------------------------------------------ small helpers

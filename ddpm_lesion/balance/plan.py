@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddpm_lesion.data.training_images import row_class
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.data.labels import CsvFormat, LabelTable, as_number, filter_rows
+from ddpm_lesion.data.training_images import row_class
 
 ISIC2017_COLUMNS = ("melanoma", "seborrheic_keratosis")
 ISIC2017_NONE_CLASS = "nevus"

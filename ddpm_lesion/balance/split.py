@@ -19,7 +19,6 @@ not on the CSV's row order, the platform or the numpy version.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 from collections import Counter, defaultdict
@@ -27,11 +26,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ddpm_lesion.balance.plan import class_scheme, layout_class_columns, row_label
-from ddpm_lesion.core.config import add_dataclass_arguments, config_from_args, option
+from ddpm_lesion.core.config import option
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.data.label_writer import check_can_add_columns, write_labels
-from ddpm_lesion.data.labels import LabelTable, read_labels
-from ddpm_lesion.data.labels import GROUP_COLUMNS
+from ddpm_lesion.data.labels import GROUP_COLUMNS, LabelTable, read_labels
 
 _DEFAULT_NAMES = {2: "train,test", 3: "train,val,test"}
 
@@ -186,13 +184,3 @@ def split_labels(cfg: SplitConfig) -> SplitReport:
 
 
 # ------------------------------------------------------------------------ command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, SplitConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(SplitConfig, args)
-    print(split_labels(cfg).to_text())
-    return 0

@@ -1,6 +1,7 @@
 """The `ddpm-lesion` command: one sub-command per job.
 
-Each sub-command lives in its own module, which exposes `add_arguments(parser)` and
+Each sub-command has its own module beside this one (its flags and what it prints; the work
+itself is done by the stage package below), which exposes `add_arguments(parser)` and
 `run(args) -> int`. Modules are imported only when their sub-command is chosen, so
 `ddpm-lesion --help` stays fast and a heavy optional dependency of one command never
 breaks another.
@@ -17,15 +18,15 @@ from ddpm_lesion.core.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
-        "ddpm_lesion.evaluate.audit",
+        "ddpm_lesion.commands.evaluate",
         "Are the synthetic images good, diverse and not copies of the training images?",
     ),
-    "utility": ("ddpm_lesion.utility.comparison", "Does adding the synthetic images improve a classifier on real held-out patients?"),
-    "balance": ("ddpm_lesion.balance.pipeline", "Top up the rare classes of a labelled training set with synthetic images."),
-    "split": ("ddpm_lesion.balance.split", "Patient-level train/val/test split of a labels CSV, stratified by class."),
-    "pick-sampler": ("ddpm_lesion.sample.pick_sampler",
+    "utility": ("ddpm_lesion.commands.utility", "Does adding the synthetic images improve a classifier on real held-out patients?"),
+    "balance": ("ddpm_lesion.commands.balance", "Top up the rare classes of a labelled training set with synthetic images."),
+    "split": ("ddpm_lesion.commands.split", "Patient-level train/val/test split of a labels CSV, stratified by class."),
+    "pick-sampler": ("ddpm_lesion.commands.pick_sampler",
                      "Find the fewest sampling steps that keep a model's DDPM-50 quality; sample_ddpm.py then uses them."),
-    "distill": ("ddpm_lesion.train.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
+    "distill": ("ddpm_lesion.commands.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
 }
 
 

@@ -65,10 +65,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = str if isinstance(kind, type) and issubclass(kind, enum.Enum) else kind
-            if isinstance(kind, type) and issubclass(kind, enum.Enum):
-                kwargs["choices"] = [e.value for e in kind]
-            elif f.metadata.get("choices"):
+            if f.metadata.get("choices"):  # a command may offer fewer values than the enum has
                 kwargs["choices"] = f.metadata["choices"]
+            elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+                kwargs["choices"] = [e.value for e in kind]
             if f.metadata.get("metavar"):
                 kwargs["metavar"] = f.metadata["metavar"]
             if is_list:
@@ -158,8 +158,3 @@ def to_plain_dict(cfg: Any) -> dict[str, Any]:
 def save_config(cfg: Any, path: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(to_plain_dict(cfg), sort_keys=False))
 
-
-def config_differences(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> list[str]:
-    """Human-readable `key: old -> new` lines for the settings that must not change
-    between a run and its resumption."""
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

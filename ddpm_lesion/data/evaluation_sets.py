@@ -2,7 +2,7 @@
 that pass `--label_filter`), decoded and brought to one square resolution.
 
 Every set — real, synthetic, training — is prepared with training's own
-`data.resize_and_crop` (shorter side to the resolution, centre crop), so the metrics
+`image_decoding.resize_and_crop` (shorter side to the resolution, centre crop), so the metrics
 compare content, not resolution or resampling. Files that cannot be decoded are skipped and counted, never
 replaced by blanks, and the counts go into the report.
 """
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_lesion.data.training_images import resize_and_crop
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.data.image_decoding import ImageProblem, open_rgb
+from ddpm_lesion.data.image_decoding import ImageProblem, open_rgb, resize_and_crop
 from ddpm_lesion.data.labels import filter_rows, find_images, parse_filter, read_labels, resolve_ids
 
 # PNG text keys the sampler writes into synthetic images; shown, never relied on.

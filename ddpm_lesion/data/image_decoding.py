@@ -147,3 +147,13 @@ def _composite_on_black(rgba: Image.Image) -> Image.Image:
     background = Image.new("RGB", rgba.size, (0, 0, 0))
     background.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
     return background
+
+
+def resize_and_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Scale so the shorter side is `resolution` (Lanczos), then cut the centre square.
+
+    One rule for training, evaluation and utility images, so metrics compare like with like.
+    Cropping rather than padding keeps every training pixel real; dermoscopy images put
+    the lesion near the centre, so the cut edges are mostly background.
+    """
+    return ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))

@@ -17,17 +17,23 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.data.image_decoding import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, open_rgb
+from ddpm_lesion.data.image_decoding import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageProblem,
+    open_rgb,
+    resize_and_crop,
+)
 from ddpm_lesion.data.labels import LabelTable, as_number, filter_rows, find_images, read_labels, resolve_ids
 
 # Bump when preprocessing changes in a way that alters pixels, so old caches are not reused.
@@ -163,15 +169,6 @@ def load_training_images(
     pixels, report, names = _collect(processed, report, resolution)
     classes = None if classes_by_name is None else [classes_by_name[n] for n in names]
     return TrainingImages(pixels, report, names, classes)
-
-
-def resize_and_crop(image: Image.Image, resolution: int) -> Image.Image:
-    """Scale so the shorter side is `resolution` (Lanczos), then cut the centre square.
-
-    Cropping rather than padding keeps every training pixel real; dermoscopy images put
-    the lesion near the centre, so the cut edges are mostly background.
-    """
-    return ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
 # ------------------------------------------------------------------------ sources

@@ -10,31 +10,23 @@ keeps the checkpoint with the lowest `result["primary"]["value"]` (KID).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import enum
-import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ddpm_lesion import __version__
-from ddpm_lesion.evaluate import metrics
-from ddpm_lesion.core.config import add_dataclass_arguments, config_from_args, option, to_plain_dict
+from ddpm_lesion.core import run_files
+from ddpm_lesion.core.config import option, to_plain_dict
+from ddpm_lesion.core.devices import pick_device
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, extract, resolve_extractors
+from ddpm_lesion.core.version import __version__
 from ddpm_lesion.data.evaluation_sets import ImageSet, load_image_set
+from ddpm_lesion.evaluate import metrics
 from ddpm_lesion.evaluate.copy_detection import DESCRIPTOR_SIZE, CopyAudit, find_copies, pixel_nearest
-from ddpm_lesion.sample.output_folder import OutputLayout
-from ddpm_lesion.evaluate.report import log_to_wandb, write_report
+from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, extract, resolve_extractors
+from ddpm_lesion.evaluate.report import write_report
 
 FID_MIN_N = 2048  # below this FID's bias dominates differences between models (Bińkowski et al. 2018)
-
-
-class ReportTo(str, enum.Enum):
-    NONE = "none"
-    WANDB = "wandb"
 
 
 @dataclasses.dataclass
@@ -126,15 +118,11 @@ def _check_sizes(real: ImageSet, synthetic: ImageSet, train: ImageSet | None, k:
         raise UserError(f"--train {train.folder}: the copy check needs at least 2 training images.")
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def sampler_images(folder: Path) -> Path:
     """The images of a folder: for a `sample_ddpm.py` output folder, its `individual/`
     subfolder, so the preview grids beside it are not scored as synthetic images."""
-    layout = OutputLayout(Path(folder), prefix="")
-    return layout.individual if layout.individual.is_dir() and layout.grids.is_dir() else Path(folder)
+    images, grids = Path(folder) / run_files.SAMPLE_IMAGES_DIR, Path(folder) / run_files.SAMPLE_GRIDS_DIR
+    return images if images.is_dir() and grids.is_dir() else Path(folder)
 
 
 def _load_sets(real: Path, synthetic: Path, train: Path | None, config: EvalConfig) -> dict[str, ImageSet | None]:
@@ -164,7 +152,7 @@ def evaluate_folders(real: Path, synthetic: Path, train: Path | None = None, con
     config = config or EvalConfig()
     threshold = config.threshold()
     sets = _load_sets(real, synthetic, train, config)
-    extractors, warnings = resolve_extractors(config.features, config.inception_weights, _device(config.device))
+    extractors, warnings = resolve_extractors(config.features, config.inception_weights, str(pick_device(config.device)))
     warnings += [f"{role}: {len(s.skipped)} unreadable image(s) skipped (listed in metrics.json)."
                  for role, s in sets.items() if s is not None and s.skipped]
     warnings += [f"{role}: {s.marked_synthetic} image(s) are marked synthetic=true in their PNG metadata: "
@@ -234,31 +222,3 @@ def _quantiles(values: np.ndarray) -> dict:
 
 # ------------------------------------------------------------------------ command line
 
-CLI_ONLY = ("real", "synthetic", "train", "output_dir", "report_to")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--real", type=Path, required=True, help="Real images (ideally held out from training).")
-    parser.add_argument("--synthetic", type=Path, required=True, help="Synthetic images to evaluate.")
-    parser.add_argument("--output_dir", type=Path, required=True, help="Where metrics.json, report.html, ... go.")
-    parser.add_argument("--train", type=Path, default=None, help="The fine-tuning images, for the copy check.")
-    parser.add_argument("--report_to", choices=[r.value for r in ReportTo], default=ReportTo.NONE.value,
-                        help="Also log the metrics and pictures to this tracker (default: none).")
-    add_dataclass_arguments(parser, EvalConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    config = config_from_args(EvalConfig, args)
-    result = evaluate_folders(args.real, args.synthetic, args.train, config, args.output_dir)
-    for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    if ReportTo(args.report_to) is ReportTo.WANDB:
-        log_to_wandb(result, args.output_dir, to_plain_dict(config))
-    primary = result["primary"]
-    print(f"KID ({primary['feature_space']}) = {primary['value']:.5f} "
-          f"[{primary['ci_low']:.5f}, {primary['ci_high']:.5f}]")
-    if result["memorization"]:
-        memo = result["memorization"]
-        print(f"near copies: {memo['n_near_copies']} of {memo['n_synthetic']} ({100 * memo['copy_rate']:.1f}%)")
-    print(f"report: {args.output_dir / 'report.html'}")
-    return 0

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddpm_lesion.evaluate import efficientnet_lite
-from ddpm_lesion.evaluate import fid_inception
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import write_atomic
+from ddpm_lesion.evaluate import efficientnet_lite, fid_inception
 
 PIXEL_SIZE = 16
 

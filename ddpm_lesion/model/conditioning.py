@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from ddpm_lesion.core import run_files
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import write_text_atomic
-
-CLASS_LABELS_FILE = "class_labels.json"
 
 
 def add_class_embedding(unet: UNet2DModel, num_classes: int) -> UNet2DModel:
@@ -71,12 +70,12 @@ def guided_prediction(unet: torch.nn.Module, sample: torch.Tensor, timestep: tor
 
 
 def save_class_names(folder: Path, names: list[str]) -> None:
-    write_text_atomic(folder / CLASS_LABELS_FILE, json.dumps({"classes": names}, indent=2))
+    write_text_atomic(folder / run_files.CLASS_LABELS, json.dumps({"classes": names}, indent=2))
 
 
 def load_class_names(folder: str | Path) -> list[str] | None:
     """Class names of a conditional pipeline folder, or None for an unconditional one."""
-    path = Path(folder) / CLASS_LABELS_FILE
+    path = Path(folder) / run_files.CLASS_LABELS
     if not path.is_file():
         return None
     return list(json.loads(path.read_text(encoding="utf-8"))["classes"])
@@ -84,7 +83,7 @@ def load_class_names(folder: str | Path) -> list[str] | None:
 
 def class_index(names: list[str] | None, wanted: str, source: str) -> int:
     if names is None:
-        raise UserError(f"--class_label {wanted}: the model in {source} is unconditional (no {CLASS_LABELS_FILE}); "
+        raise UserError(f"--class_label {wanted}: the model in {source} is unconditional (no {run_files.CLASS_LABELS}); "
                         "drop --class_label or sample from a class-conditional run.")
     if wanted not in names:
         raise UserError(f"--class_label {wanted}: the model in {source} knows the classes {', '.join(names)}.")

@@ -17,11 +17,8 @@ from pathlib import Path
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from ddpm_lesion.core import run_files
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.sample.samplers import SchedulerName
-
-CHECKPOINT_PREFIX = "checkpoint-"
-PIPELINE_SUBDIR = "pipeline"
 
 
 def _load_error(name: str, err: Exception, what: str, consequence: str = "") -> UserError:
@@ -84,75 +81,18 @@ def check_resolution(unet: UNet2DModel, resolution: int) -> None:
         )
 
 
-BEST_FILE = "best_checkpoint.json"
-
-
 def read_best(run_dir: Path) -> dict | None:
     """The checkpoint with the lowest validation KID so far (`ddpm_lesion.train.checkpoint_kid`)."""
-    path = Path(run_dir) / BEST_FILE
+    path = Path(run_dir) / run_files.BEST_CHECKPOINT
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-DISTILLED_FILE = "distilled.json"
-PICKED_SAMPLER_FILE = "sampler.json"
-
-
-def read_distilled(pipeline_dir: str | Path) -> dict | None:
-    """The record of a distilled model (`ddpm-lesion distill`), or None for any other model or a hub id.
-
-    A distilled network learned the jumps of one sampler at one step count (its `scheduler`
-    and `num_inference_steps`) and gives poor images with any other, so sampling reads them
-    from here.
-    """
-    return _read_sampler_record(Path(pipeline_dir) / DISTILLED_FILE,
-                                "`ddpm-lesion distill` writes it to name the sampler the model was distilled for",
-                                "rerun the distillation, or correct the file")
-
-
-def read_picked_sampler(pipeline_dir: str | Path) -> dict | None:
-    """The sampler `ddpm-lesion pick-sampler` measured as good enough for this model (with the
-    `model_sha256` of the weights it measured), or None when it was never run here."""
-    return _read_sampler_record(Path(pipeline_dir) / PICKED_SAMPLER_FILE,
-                                "`ddpm-lesion pick-sampler` writes it to name the fastest sampler as good as "
-                                "DDPM-50 on this model", "rerun ddpm-lesion pick-sampler, or delete the file")
-
-
-def _read_sampler_record(path: Path, written_by: str, fix: str) -> dict | None:
-    """A model folder's JSON record of the sampler to use, checked now: a typo would otherwise
-    surface as a bad sampler after the model is loaded, or silently as poor images."""
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        problem = f"it is not valid JSON ({err})"
-    else:
-        problem = _sampler_record_problem(record)
-    if problem:
-        raise UserError(f"{path} is malformed: {problem}. {written_by}, e.g. {{\"scheduler\": \"ddim\", "
-                        f"\"num_inference_steps\": 4, ...}}: {fix}.")
-    return record
-
-
-def _sampler_record_problem(record: object) -> str | None:
-    """What is wrong with a parsed sampler record (only the fields sampling uses), or None."""
-    if not isinstance(record, dict):
-        return f"it holds a JSON {type(record).__name__}, not an object"
-    names = [s.value for s in SchedulerName]
-    if record.get("scheduler") not in names:
-        return f"'scheduler' is {record.get('scheduler')!r}, not one of {', '.join(names)}"
-    steps = record.get("num_inference_steps")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        return f"'num_inference_steps' is {steps!r}, not a positive integer"
-    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete `checkpoint-STEP` folders of a run, oldest first. Half-written ones live
     under a temporary name and are never listed."""
     found = []
-    for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        step = path.name[len(CHECKPOINT_PREFIX):]
+    for path in run_dir.glob(f"{run_files.CHECKPOINT_PREFIX}*"):
+        step = path.name[len(run_files.CHECKPOINT_PREFIX):]
         if path.is_dir() and step.isdigit():
             found.append((int(step), path))
     return sorted(found)
@@ -176,18 +116,18 @@ def resolve_pipeline_dir(model_dir: str, checkpoint: str | None = None) -> str:
     if not checkpoints:
         raise UserError(f"--checkpoint {checkpoint}: {model_dir} holds no checkpoint-STEP folders.")
     if checkpoint == "latest":
-        return str(checkpoints[-1][1] / PIPELINE_SUBDIR)
+        return str(checkpoints[-1][1] / run_files.CHECKPOINT_PIPELINE)
     if checkpoint == "best":
         best = read_best(path)
         if best is None:
-            raise UserError(f"--checkpoint best: {model_dir} has no {BEST_FILE}; train with --validation_data_dir "
+            raise UserError(f"--checkpoint best: {model_dir} has no {run_files.BEST_CHECKPOINT}; train with --validation_data_dir "
                             "to score checkpoints, or use --checkpoint latest.")
         checkpoint = str(best["step"])
     by_step = dict(checkpoints)
     if not checkpoint.isdigit() or int(checkpoint) not in by_step:
         raise UserError(f"--checkpoint {checkpoint}: not found in {model_dir}; "
                         f"available: latest, best, {', '.join(str(s) for s in by_step)}.")
-    return str(by_step[int(checkpoint)] / PIPELINE_SUBDIR)
+    return str(by_step[int(checkpoint)] / run_files.CHECKPOINT_PIPELINE)
 
 
 def load_pipeline(model_dir: str, checkpoint: str | None = None) -> tuple[DDPMPipeline, str]:

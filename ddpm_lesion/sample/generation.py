@@ -30,19 +30,29 @@ from diffusers import SchedulerMixin, UNet2DModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion.sample.autotune import auto_batch_size, bf16_is_fast
-from ddpm_lesion.model.conditioning import class_index, load_class_names, null_label
+from ddpm_lesion.core import run_files
 from ddpm_lesion.core.config import to_plain_dict
 from ddpm_lesion.core.distributed import check_process_count, use_cpu
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import write_bytes_atomic
-from ddpm_lesion.model.pretrained import (DISTILLED_FILE, PICKED_SAMPLER_FILE, load_pipeline, model_sha256, read_distilled,
-                               read_picked_sampler)
+from ddpm_lesion.core.options import MixedPrecision, ReportTo
+from ddpm_lesion.model.conditioning import class_index, load_class_names, null_label
+from ddpm_lesion.model.pretrained import load_pipeline, model_sha256
+from ddpm_lesion.sample.autotune import auto_batch_size, bf16_is_fast
 from ddpm_lesion.sample.output_folder import OutputLayout, finalize, prepare_output, recorded_config, remove_leftovers
-from ddpm_lesion.sample.provenance import encode_png, image_settings, png_text
-from ddpm_lesion.sample.sample_config import RESUME_KEYS, CompileMode, MixedPrecision, ReportTo, SampleConfig, validate
-from ddpm_lesion.sample.samplers import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName, denoise, image_generators,
-                                  initial_noise, make_scheduler)
+from ddpm_lesion.sample.provenance import image_settings, png_text
+from ddpm_lesion.sample.sample_config import MAY_CHANGE_ON_RESUME, CompileMode, SampleConfig, validate
+from ddpm_lesion.sample.sampler_records import read_distilled, read_picked_sampler
+from ddpm_lesion.sample.samplers import (
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    SchedulerName,
+    denoise,
+    image_generators,
+    initial_noise,
+    make_scheduler,
+)
 from ddpm_lesion.sample.sharding import Shard, block_indices, num_blocks, parse_shard, shard_blocks
 
 T = TypeVar("T")
@@ -145,9 +155,9 @@ def model_sampler(source: str, sha256: str, distilled: dict[str, Any] | None) ->
     if picked is None:
         return DEFAULT_SAMPLER, "the default; ddpm-lesion pick-sampler finds a faster one that is as good"
     if picked.get("model_sha256") != sha256:
-        return DEFAULT_SAMPLER, (f"the default; {PICKED_SAMPLER_FILE} there was measured on other weights, rerun "
+        return DEFAULT_SAMPLER, (f"the default; {run_files.PICKED_SAMPLER} there was measured on other weights, rerun "
                          "ddpm-lesion pick-sampler")
-    return picked, f"measured as good as DDPM-50 on this model, {PICKED_SAMPLER_FILE}"
+    return picked, f"measured as good as DDPM-50 on this model, {run_files.PICKED_SAMPLER}"
 
 
 def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2DModel, shape: tuple[int, int, int],
@@ -214,7 +224,7 @@ def _distilled_warning(cfg: SampleConfig, source: str, distilled: dict[str, Any]
                                                                               distilled["num_inference_steps"]):
         return None
     return (f"warning: the model in {source} was distilled for {distilled['num_inference_steps']} steps of "
-            f"{distilled['scheduler']} (its {DISTILLED_FILE}); other settings, like {cfg.scheduler.value} with "
+            f"{distilled['scheduler']} (its {run_files.DISTILLED}); other settings, like {cfg.scheduler.value} with "
             f"{cfg.num_inference_steps} steps here, give poor images. Leave --scheduler and --num_inference_steps "
             f"unset to use its own.")
 
@@ -251,7 +261,7 @@ def _plan(cfg: SampleConfig, shard: Shard, layout: OutputLayout, settings: dict[
     """Check the output folder, clear this job's half-written leftovers, and list the job's
     blocks that still miss images. Returns (images in the job, [(block, missing indices)])."""
     record = dataclasses.replace(cfg, overwrite=False, shard=None)  # reusable with --config for the whole run
-    prepare_output(layout, settings, record, RESUME_KEYS, cfg.overwrite, log)
+    prepare_output(layout, settings, record, MAY_CHANGE_ON_RESUME, cfg.overwrite, log)
     wanted = {b: _wanted(b, cfg) for b in shard_blocks(num_blocks(cfg.num_images, cfg.batch_size), shard)}
     remove_leftovers(layout, (i for indices in wanted.values() for i in indices))
     todo = [(b, missing) for b, indices in wanted.items()

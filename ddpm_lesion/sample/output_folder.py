@@ -19,19 +19,21 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ddpm_lesion.core.config import config_differences, load_yaml, save_config, to_plain_dict
+from ddpm_lesion.core import run_files
+from ddpm_lesion.core.config import load_yaml, save_config, to_plain_dict
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import TEMP_SUFFIX, write_bytes_atomic
 from ddpm_lesion.core.grids import make_grid
+from ddpm_lesion.core.resume_guard import resume_differences
 from ddpm_lesion.sample.provenance import (
     IDENTITY_KEYS,
-    encode_png,
     made_by_this_tool,
     manifest_row,
     png_text,
@@ -56,19 +58,19 @@ class OutputLayout:
 
     @property
     def individual(self) -> Path:
-        return self.root / "individual"
+        return self.root / run_files.SAMPLE_IMAGES_DIR
 
     @property
     def grids(self) -> Path:
-        return self.root / "grids"
+        return self.root / run_files.SAMPLE_GRIDS_DIR
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.csv"
+        return self.root / run_files.SAMPLE_MANIFEST
 
     @property
     def config(self) -> Path:
-        return self.root / "sample_config.yaml"
+        return self.root / run_files.SAMPLE_CONFIG
 
     def image_path(self, index: int) -> Path:
         return self.individual / f"{self.prefix}_{index:0{INDEX_DIGITS}d}.png"
@@ -140,19 +142,16 @@ def _png_text_or_none(path: Path) -> dict[str, str] | None:
 
 
 def settings_differences(existing: ExistingOutputs, settings: Mapping[str, str], config: Mapping[str, Any],
-                         resume_keys: list[str], prefix: str) -> list[str]:
+                         may_change: Collection[str], prefix: str) -> list[str]:
     """Why the existing outputs cannot be resumed with these settings; [] if they can."""
     problems = []
     if existing.saved_config is not None:
-        # An option newer than the folder is missing from its record; the images' own
-        # metadata (checked next) still says whether they were made the same way.
-        recorded_keys = [k for k in resume_keys if k in existing.saved_config]
-        lines = config_differences(existing.saved_config, dict(config), recorded_keys)
+        lines = resume_differences(existing.saved_config, config, may_change)
         if lines:
             problems.append("sample_config.yaml: " + "; ".join(lines))
     made_with = Counter(tuple(text.get(k) for k in IDENTITY_KEYS) for text in existing.images.values())
     for identity, count in made_with.items():
-        lines = config_differences(dict(zip(IDENTITY_KEYS, identity)), dict(settings), list(IDENTITY_KEYS))
+        lines = resume_differences(dict(zip(IDENTITY_KEYS, identity)), {k: settings.get(k) for k in IDENTITY_KEYS}, ())
         if lines:
             problems.append(f"{count} image(s) in individual/: " + "; ".join(lines))
     for other, count in existing.other_prefixes.items():
@@ -160,7 +159,7 @@ def settings_differences(existing: ExistingOutputs, settings: Mapping[str, str],
     return problems
 
 
-def prepare_output(layout: OutputLayout, settings: Mapping[str, str], config: Any, resume_keys: list[str],
+def prepare_output(layout: OutputLayout, settings: Mapping[str, str], config: Any, may_change: Collection[str],
                    overwrite: bool, log: Callable[[str], None]) -> None:
     """Check (or, with `overwrite`, clear) the folder, create it and save `config` (a
     config dataclass) as `sample_config.yaml`."""
@@ -181,7 +180,7 @@ def prepare_output(layout: OutputLayout, settings: Mapping[str, str], config: An
                 f"{layout.root} holds {len(existing.foreign)} file(s) this tool did not write ({shown}{more}). "
                 f"Synthetic images are not mixed with other files: choose a new or empty --output_dir, or pass "
                 f"--overwrite to write there anyway (it never deletes files this tool did not write).")
-        problems = settings_differences(existing, settings, to_plain_dict(config), resume_keys, layout.prefix)
+        problems = settings_differences(existing, settings, to_plain_dict(config), may_change, layout.prefix)
         if problems:
             raise UserError(
                 f"{layout.root} already holds outputs made with other settings:\n  " + "\n  ".join(problems)

@@ -19,7 +19,6 @@ resumable `sample_ddpm.py` folder under `--output_dir` (with preview grids to lo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -27,21 +26,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ddpm_lesion import __version__
-from ddpm_lesion.evaluate import metrics
-from ddpm_lesion.core.config import add_dataclass_arguments, config_from_args, option, save_config, to_plain_dict
+from ddpm_lesion.core import run_files
+from ddpm_lesion.core.config import option, save_config, to_plain_dict
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, cached_features, extract, resolve_extractors
 from ddpm_lesion.core.figures import figure_png, pyplot
 from ddpm_lesion.core.fileio import write_bytes_atomic, write_text_atomic
-from ddpm_lesion.sample.generation import generate
+from ddpm_lesion.core.options import MixedPrecision
+from ddpm_lesion.core.version import __version__
 from ddpm_lesion.data.evaluation_sets import load_image_set
-from ddpm_lesion.model.pretrained import (PICKED_SAMPLER_FILE, load_pipeline, model_sha256, read_distilled,
-                               resolve_pipeline_dir)
-from ddpm_lesion.sample.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.evaluate import metrics
+from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, cached_features, extract, resolve_extractors
+from ddpm_lesion.model.pretrained import load_pipeline, model_sha256, resolve_pipeline_dir
+from ddpm_lesion.sample.generation import generate
+from ddpm_lesion.sample.sample_config import SampleConfig
+from ddpm_lesion.sample.sampler_records import read_distilled
 from ddpm_lesion.sample.samplers import DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName
 
-CONFIG_FILE = "pick_sampler_config.yaml"
 REFERENCE = f"{DEFAULT_SCHEDULER.value}:{DEFAULT_STEPS}"
 
 
@@ -148,7 +148,7 @@ def pick_sampler(cfg: PickSamplerConfig) -> dict:
     resolution = cfg.resolution or pipeline.unet.config.sample_size
     out = cfg.output_dir or Path(pipeline_dir) / "sampler_choice"
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
+    save_config(cfg, out / run_files.PICK_SAMPLER_CONFIG)
 
     extractor = _extractor(cfg)
     real = load_image_set("real_dir", cfg.real_dir, resolution, cfg.real_csv, cfg.label_filter, cfg.id_column)
@@ -175,7 +175,7 @@ def pick_sampler(cfg: PickSamplerConfig) -> dict:
             break  # the cheapest step count that passes wins; costlier candidates cannot
     chosen = choose(reference_scored, scored, cfg.tolerance)
     record = _record(cfg, pipeline_dir, sha256, extractor, len(real.pixels), out, reference_scored, scored, chosen)
-    write_text_atomic(Path(pipeline_dir) / PICKED_SAMPLER_FILE, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(Path(pipeline_dir) / run_files.PICKED_SAMPLER, json.dumps(record, indent=2) + "\n")
     write_text_atomic(out / "report.md", _report(record))
     write_bytes_atomic(out / "kid_vs_steps.png", _plot(reference_scored, scored, chosen, cfg.tolerance, extractor))
     return record
@@ -193,7 +193,7 @@ def _check(cfg: PickSamplerConfig) -> tuple[str, Setting, list[Setting]]:
         raise UserError(f"--num_images {cfg.num_images}: KID needs at least 2 images per setting (500 is usual).")
     pipeline_dir = resolve_pipeline_dir(cfg.model_dir, cfg.checkpoint)
     if not Path(pipeline_dir).is_dir():
-        raise UserError(f"--model_dir {cfg.model_dir} is not a local folder, and {PICKED_SAMPLER_FILE} must be written "
+        raise UserError(f"--model_dir {cfg.model_dir} is not a local folder, and {run_files.PICKED_SAMPLER} must be written "
                         "next to the model. Fix: save the pipeline to a folder first (DDPMPipeline.from_pretrained("
                         "...).save_pretrained(FOLDER)) and pass that folder.")
     if read_distilled(pipeline_dir) is not None:
@@ -222,7 +222,7 @@ def _setting_features(cfg: PickSamplerConfig, pipeline_dir: str, setting: Settin
                           mixed_precision=cfg.mixed_precision, batch_size=cfg.batch_size, seed=cfg.seed,
                           class_label=cfg.class_label, guidance_scale=cfg.guidance_scale))
     stem = out / "features" / f"{folder.name}-{cfg.num_images}img-{resolution}px"
-    return cached_features([extractor], lambda: load_image_set("synthetic", folder / "individual", resolution).pixels,
+    return cached_features([extractor], lambda: load_image_set("synthetic", folder / run_files.SAMPLE_IMAGES_DIR, resolution).pixels,
                            stem)[extractor.key]
 
 
@@ -301,16 +301,3 @@ def _plot(reference: Scored, scored: list[Scored], chosen: Scored, tolerance: fl
     axes.legend(fontsize=8)
     figure.tight_layout()
     return figure_png(figure)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, PickSamplerConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    record = pick_sampler(config_from_args(PickSamplerConfig, args))
-    print(f"chosen: {record['scheduler']}, {record['num_inference_steps']} steps "
-          f"({record['speed_up_vs_reference']:.2f}x fewer network calls than {record['reference']['setting']}); "
-          f"written to {Path(record['model']) / PICKED_SAMPLER_FILE}, which sample_ddpm.py now uses by default. "
-          f"Report: {record['report']}")
-    return 0

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from ddpm_lesion import __version__
 from ddpm_lesion.core.fileio import write_text_atomic
+from ddpm_lesion.core.version import __version__
 
 GENERATOR_NAME = "ddpm-lesion"
 GENERATOR = f"{GENERATOR_NAME} {__version__}"
@@ -62,17 +62,6 @@ def png_text(settings: Mapping[str, str], index: int | None = None) -> dict[str,
     if index is not None:
         text["index"] = str(index)
     return {**text, "Software": GENERATOR, "Description": DESCRIPTION}
-
-
-def encode_png(image: Image.Image, text: Mapping[str, str]) -> bytes:
-    """PNG bytes with `text` as tEXt chunks (written before the pixel data, so readers
-    get them without decoding the image)."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 def read_png_text(source: Path | bytes) -> dict[str, str]:

@@ -10,18 +10,9 @@ from pathlib import Path
 
 from ddpm_lesion.core.config import option
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.options import MixedPrecision, ReportTo, values
 from ddpm_lesion.sample.samplers import DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName
 from ddpm_lesion.sample.sharding import parse_shard
-
-
-class MixedPrecision(str, enum.Enum):
-    """`auto` is resolved before sampling (`ddpm_lesion.sample.autotune`): bf16 where the device runs it
-    natively, else no; the folder records the resolved value."""
-
-    AUTO = "auto"
-    NO = "no"
-    FP16 = "fp16"
-    BF16 = "bf16"
 
 
 class CompileMode(str, enum.Enum):
@@ -31,11 +22,6 @@ class CompileMode(str, enum.Enum):
     DEFAULT = "default"
     REDUCE_OVERHEAD = "reduce-overhead"
     MAX_AUTOTUNE = "max-autotune"
-
-
-class ReportTo(str, enum.Enum):
-    NONE = "none"
-    WANDB = "wandb"
 
 
 @dataclasses.dataclass
@@ -85,12 +71,16 @@ class SampleConfig:
     overwrite: bool = option(False, "Write into an output folder that holds other files or images made with "
                                     "other settings: deletes this tool's earlier outputs there (never other "
                                     "files) and starts over.")
-    report_to: ReportTo = option(ReportTo.NONE, "Also log the preview grids to wandb (honours WANDB_MODE).")
+    report_to: ReportTo = option(ReportTo.NONE, "Also log the preview grids to wandb (honours WANDB_MODE).",
+                                 choices=values(ReportTo, without=(ReportTo.TENSORBOARD,)))
 
 
-# The options an image's pixels or name depend on; a folder may only be resumed with the same ones.
-RESUME_KEYS = ["seed", "scheduler", "num_inference_steps", "batch_size", "mixed_precision", "torch_compile",
-               "class_label", "guidance_scale", "output_size", "prefix"]
+# What may differ between runs writing into one output folder (`ddpm_lesion.core.resume_guard`):
+# which model folder or shard, how many images in all, where to report. The model itself is
+# checked through the images' own metadata (`output_folder.IDENTITY_KEYS`); every other option
+# changes an image's pixels or name, so it must match.
+MAY_CHANGE_ON_RESUME = {"model_dir", "checkpoint", "output_dir", "num_images", "max_batch_size", "shard", "overwrite",
+                        "report_to"}
 
 
 def validate(cfg: SampleConfig) -> None:

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, extract, resolve_extractors
+from ddpm_lesion.core import run_files
 from ddpm_lesion.core.fileio import write_text_atomic
 from ddpm_lesion.data.evaluation_sets import load_image_set
+from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, extract, resolve_extractors
 from ddpm_lesion.evaluate.metrics import kid
-from ddpm_lesion.model.pretrained import BEST_FILE, read_best
+from ddpm_lesion.model.pretrained import read_best
 from ddpm_lesion.sample.samplers import SchedulerName, denoise, image_generators, initial_noise, make_scheduler
+
 
 @dataclass(frozen=True)
 class Score:
@@ -65,7 +67,7 @@ class CheckpointValidator:
 def record(run_dir: Path, score: Score) -> bool:
     """Append to `validation.csv`; make `score` the best if its KID is lowest. Returns
     whether it became the best."""
-    log = run_dir / "validation.csv"
+    log = run_dir / run_files.VALIDATION_CSV
     header = "step,kid,ci_low,ci_high,feature_space\n"
     previous = log.read_text(encoding="utf-8") if log.is_file() else header
     rows = [r for r in previous.splitlines()[1:] if r and int(r.split(",")[0]) < score.step]  # redone after a resume
@@ -74,5 +76,5 @@ def record(run_dir: Path, score: Score) -> bool:
     best = read_best(run_dir)
     if best is not None and best["step"] < score.step and best["kid"] <= score.kid:
         return False
-    write_text_atomic(run_dir / BEST_FILE, json.dumps(score.__dict__, indent=2))
+    write_text_atomic(run_dir / run_files.BEST_CHECKPOINT, json.dumps(score.__dict__, indent=2))
     return True

@@ -29,12 +29,12 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from ddpm_lesion.model.conditioning import load_class_names, save_class_names
+from ddpm_lesion.core import run_files
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import replace_dir, write_text_atomic
-from ddpm_lesion.model.pretrained import CHECKPOINT_PREFIX, PIPELINE_SUBDIR, list_checkpoints, read_best
+from ddpm_lesion.model.conditioning import load_class_names, save_class_names
+from ddpm_lesion.model.pretrained import list_checkpoints, read_best
 
-STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
@@ -92,7 +92,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState
                     ema: EMAModel | None, scheduler: DDPMScheduler, total_limit: int | None,
                     class_names: list[str] | None = None) -> Path:
     """Write `checkpoint-STEP` atomically on every process; returns its path."""
-    final = run_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
+    final = run_dir / f"{run_files.CHECKPOINT_PREFIX}{state.global_step}"
     tmp = run_dir / f".{final.name}.tmp"
     exported = export_unet(unet, ema)
     ok = torch.tensor([1.0], device=accelerator.device)
@@ -104,9 +104,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
         if accelerator.is_main_process:
-            save_pipeline(exported, scheduler, tmp / PIPELINE_SUBDIR, class_names)
+            save_pipeline(exported, scheduler, tmp / run_files.CHECKPOINT_PIPELINE, class_names)
             state.ema = _ema_scalars(ema)
-            write_text_atomic(tmp / STATE_FILE, json.dumps(asdict(state), indent=2))
+            write_text_atomic(tmp / run_files.CHECKPOINT_STATE, json.dumps(asdict(state), indent=2))
     except (OSError, UserError) as err:
         ok.zero_()
         error = str(err)
@@ -149,9 +149,9 @@ def find_checkpoint(run_dir: Path, spec: str) -> Path | None:
     if spec == "latest":
         found = list_checkpoints(run_dir)
         return found[-1][1] if found else None
-    candidates = [Path(spec), run_dir / spec, run_dir / f"{CHECKPOINT_PREFIX}{spec}"]
+    candidates = [Path(spec), run_dir / spec, run_dir / f"{run_files.CHECKPOINT_PREFIX}{spec}"]
     for path in candidates:
-        if (path / STATE_FILE).is_file():
+        if (path / run_files.CHECKPOINT_STATE).is_file():
             return path
     raise UserError(f"--resume_from_checkpoint {spec}: no complete checkpoint there "
                     f"(looked in {', '.join(str(c) for c in candidates)}). Use 'latest' or one of: "
@@ -168,9 +168,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, unet: UNet2DModel, ema
             f"(loading it could run code, or it is truncated). Delete that checkpoint folder to resume from "
             f"an earlier one. Details: {type(err).__name__}: {str(err).splitlines()[0]}"
         ) from None
-    state = TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+    state = TrainerState(**json.loads((path / run_files.CHECKPOINT_STATE).read_text(encoding="utf-8")))
     if ema is not None:
-        weights = load_file(path / PIPELINE_SUBDIR / "unet" / WEIGHTS_FILE)
+        weights = load_file(path / run_files.CHECKPOINT_PIPELINE / "unet" / WEIGHTS_FILE)
         shadow = copy.deepcopy(accelerator.unwrap_model(unet)).float()
         shadow.load_state_dict(weights)
         ema.load_state_dict({**(state.ema or {}), "shadow_params": [p.detach().to(accelerator.device)

@@ -22,7 +22,6 @@ before relying on it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -35,25 +34,26 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from ddpm_lesion.train import batching
-from ddpm_lesion.train import checkpoints
-from ddpm_lesion.train import tracking
-from ddpm_lesion.sample.autotune import bf16_is_fast
-from ddpm_lesion.core.config import (add_dataclass_arguments, config_differences, config_from_args, load_yaml, option,
-                                save_config, to_plain_dict)
-from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.core import run_files
+from ddpm_lesion.core.config import (
+    load_yaml,
+    option,
+    save_config,
+    to_plain_dict,
+)
+from ddpm_lesion.core.devices import pick_device
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.core.figures import figure_png, pyplot
+from ddpm_lesion.core.figures import encode_png, figure_png, pyplot
 from ddpm_lesion.core.fileio import remove_stale_temps, replace_dir, write_bytes_atomic, write_text_atomic
+from ddpm_lesion.core.resume_guard import resume_differences
 from ddpm_lesion.data.labels import parse_filter
-from ddpm_lesion.train.losses import augment
-from ddpm_lesion.model.pretrained import DISTILLED_FILE, load_pipeline, model_sha256
+from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.model.pretrained import load_pipeline, model_sha256
+from ddpm_lesion.sample.autotune import bf16_is_fast
 from ddpm_lesion.sample.samplers import SchedulerName
+from ddpm_lesion.train import batching, checkpoints
 from ddpm_lesion.train.loop import sample_grid
-
-CONFIG_FILE = "distill_config.yaml"
-ROUNDS_DIR = "rounds"
-LOSS_FILE = "losses.csv"
+from ddpm_lesion.train.losses import augment
 
 
 @dataclasses.dataclass
@@ -91,10 +91,8 @@ class DistillConfig:
     seed: int = option(0, "Seed of the data order, noise and timesteps: same seed, same student.")
 
 
-# Settings a resumed distillation must share with the run it continues.
-RESUME_INVARIANT = ["model_dir", "checkpoint", "train_data_dir", "labels_csv", "label_filter", "id_column",
-                    "teacher_steps", "num_inference_steps", "iterations_per_round", "train_batch_size",
-                    "learning_rate", "random_flip", "mixed_precision", "seed"]
+# What a resumed distillation may change (`ddpm_lesion.core.resume_guard`); all else must match.
+MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_sample_images"}
 
 
 def step_grid(steps: int, num_train_timesteps: int) -> list[int]:
@@ -172,7 +170,7 @@ def distillation_loss(student: UNet2DModel, teacher: UNet2DModel, clean: torch.T
 def distill(cfg: DistillConfig) -> Path:
     """Run (or resume) every round; returns the folder of the distilled pipeline."""
     student_rounds = validate(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" or (
         cfg.mixed_precision == "auto" and bf16_is_fast(device)) else None
     pipeline, source = load_pipeline(cfg.model_dir, cfg.checkpoint)
@@ -199,7 +197,7 @@ def distill(cfg: DistillConfig) -> Path:
     teacher_steps = cfg.teacher_steps
     teacher = unet.to(device, memory_format=torch.channels_last)
     for steps in student_rounds:
-        folder = out / ROUNDS_DIR / f"steps-{steps}"
+        folder = out / run_files.DISTILL_ROUNDS_DIR / f"steps-{steps}"
         if (folder / "model_index.json").is_file():
             print(f"round {teacher_steps} -> {steps} steps: done earlier ({folder})", flush=True)
         else:
@@ -208,11 +206,11 @@ def distill(cfg: DistillConfig) -> Path:
             save_round(student, base, steps, cfg, out, losses)
         teacher = UNet2DModel.from_pretrained(folder / "unet").to(device, memory_format=torch.channels_last).eval()
         teacher_steps = steps
-    checkpoints.publish_pipeline(out / ROUNDS_DIR / f"steps-{cfg.num_inference_steps}", out)
+    checkpoints.publish_pipeline(out / run_files.DISTILL_ROUNDS_DIR / f"steps-{cfg.num_inference_steps}", out)
     record = {"scheduler": SchedulerName.DDIM.value, "num_inference_steps": cfg.num_inference_steps,
               "teacher": source, "teacher_sha256": model_sha256(unet), "teacher_steps": cfg.teacher_steps,
               "method": "progressive distillation (Salimans & Ho 2022)"}
-    write_text_atomic(out / DISTILLED_FILE, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out / run_files.DISTILLED, json.dumps(record, indent=2) + "\n")
     print(f"done: {out} samples with DDIM in {cfg.num_inference_steps} steps "
           f"(sample_ddpm.py --model_dir {out} picks them); grids in {out / 'samples'}, loss curve {out / 'loss.png'}. "
           "Check its KID against the teacher's with bench/samplers.py before relying on it.", flush=True)
@@ -237,16 +235,16 @@ def validate(cfg: DistillConfig) -> list[int]:
 def prepare_output(cfg: DistillConfig) -> Path:
     """Create the output folder, or check that the one there was made with the same settings."""
     out = cfg.output_dir
-    saved = out / CONFIG_FILE
+    saved = out / run_files.DISTILL_CONFIG
     if saved.is_file():
-        differences = config_differences(load_yaml(saved), to_plain_dict(cfg), RESUME_INVARIANT)
+        differences = resume_differences(load_yaml(saved), to_plain_dict(cfg), MAY_CHANGE_ON_RESUME)
         if differences:
             raise UserError(f"{out} holds a distillation with other settings ({'; '.join(differences)}). Use the "
                             "same settings to resume it, or choose another --output_dir.")
     elif out.is_dir() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty and holds no {CONFIG_FILE}: choose a new or empty --output_dir.")
+        raise UserError(f"{out} is not empty and holds no {run_files.DISTILL_CONFIG}: choose a new or empty --output_dir.")
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out / ROUNDS_DIR)
+    remove_stale_temps(out / run_files.DISTILL_ROUNDS_DIR)
     save_config(cfg, saved)
     return out
 
@@ -286,7 +284,7 @@ def save_round(student: UNet2DModel, base_config: dict, steps: int, cfg: Distill
                losses: list[float]) -> Path:
     """The round's student as a DDIM pipeline (written aside, then moved into place), its
     sample grid and its losses."""
-    folder = out / ROUNDS_DIR / f"steps-{steps}"
+    folder = out / run_files.DISTILL_ROUNDS_DIR / f"steps-{steps}"
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     exported = copy.deepcopy(student).to("cpu", memory_format=torch.contiguous_format).float()
@@ -295,14 +293,14 @@ def save_round(student: UNet2DModel, base_config: dict, steps: int, cfg: Distill
     replace_dir(tmp, folder)
     grid = sample_grid(exported, dict(scheduler.config), SchedulerName.DDIM, cfg.num_sample_images, steps, cfg.seed,
                        None)
-    write_bytes_atomic(out / "samples" / f"steps-{steps}.png", tracking.png_bytes(grid))
+    write_bytes_atomic(out / run_files.SAMPLES_DIR / f"steps-{steps}.png", encode_png(grid))
     record_losses(out, steps, losses)
     return folder
 
 
 def record_losses(out: Path, steps: int, losses: list[float]) -> None:
     """`losses.csv` (one row per iteration of every finished round) and `loss.png`, one curve a round."""
-    path = out / LOSS_FILE
+    path = out / run_files.DISTILL_LOSSES
     rows = [r for r in path.read_text(encoding="utf-8").splitlines()[1:] if not r.startswith(f"{steps},")] \
         if path.is_file() else []
     rows += [f"{steps},{i + 1},{loss:.6g}" for i, loss in enumerate(losses)]
@@ -318,15 +316,4 @@ def record_losses(out: Path, steps: int, losses: list[float]) -> None:
     ax.set_ylabel("epsilon-space MSE to the teacher")
     ax.set_yscale("log")
     ax.legend()
-    write_bytes_atomic(out / "loss.png", figure_png(fig))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Example: ddpm-lesion distill --model_dir runs/melanoma --train_data_dir ISIC/train "
-                     "--labels_csv ISIC/train.csv --label_filter target=1 --output_dir runs/melanoma-4step")
-    add_dataclass_arguments(parser, DistillConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    distill(config_from_args(DistillConfig, args))
-    return 0
+    write_bytes_atomic(out / run_files.LOSS_PLOT, figure_png(fig))

@@ -12,9 +12,8 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass
-from enum import Enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,32 +25,33 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion.train import batching
-from ddpm_lesion.train import checkpoints
-from ddpm_lesion.train import tracking
-from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
-from ddpm_lesion.core.config import config_differences, load_yaml, option, save_config, to_plain_dict
-from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.core import run_files
+from ddpm_lesion.core.config import load_yaml, option, save_config, to_plain_dict
 from ddpm_lesion.core.distributed import check_process_count, use_cpu
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.evaluate.features import FeatureSpace
+from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
 from ddpm_lesion.core.grids import make_grid
+from ddpm_lesion.core.options import MixedPrecision, ReportTo, values
+from ddpm_lesion.core.resume_guard import resume_differences
 from ddpm_lesion.data.labels import parse_filter
-from ddpm_lesion.train.losses import augment, diffusion_loss
+from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.evaluate.features import FeatureSpace
+from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
 from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet
-from ddpm_lesion.sample.samplers import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName, denoise, image_generators,
-                                  initial_noise, make_scheduler)
+from ddpm_lesion.sample.samplers import (
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    SchedulerName,
+    denoise,
+    image_generators,
+    initial_noise,
+    make_scheduler,
+)
+from ddpm_lesion.train import batching, checkpoints, tracking
 from ddpm_lesion.train.checkpoint_kid import CheckpointValidator
 from ddpm_lesion.train.checkpoint_kid import record as record_validation
-
-CONFIG_FILE = "train_config.yaml"
-
-
-class MixedPrecision(str, Enum):
-    NO = "no"
-    FP16 = "fp16"
-    BF16 = "bf16"
+from ddpm_lesion.train.losses import augment, diffusion_loss
 
 
 @dataclass
@@ -94,7 +94,8 @@ class TrainConfig:
     ema_inv_gamma: float = option(1.0, "EMA warm-up inv_gamma.")
     ema_power: float = option(0.75, "EMA warm-up power (3/4 suits runs under ~100k steps).")
     ema_max_decay: float = option(0.9999, "EMA maximum decay.")
-    mixed_precision: MixedPrecision | None = option(None, "Mixed precision (default: what `accelerate config` says).")
+    mixed_precision: MixedPrecision | None = option(None, "Mixed precision (default: what `accelerate config` says).",
+                                                    choices=values(MixedPrecision, without=(MixedPrecision.AUTO,)))
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
     torch_compile: bool = option(False, "Compile the UNet with torch.compile: faster steps on a GPU once the first "
                                         "step has waited for the compiler (minutes for a 100 M UNet).")
@@ -115,18 +116,20 @@ class TrainConfig:
                                                                 "chosen by the images you will generate.")
     sample_inference_steps: int = option(DEFAULT_STEPS, "Steps of --sample_scheduler for the sample grids and the "
                                                         "checkpoint KID.")
-    report_to: str = option("none", "Tracker for metrics and sample grids.", choices=["none", "wandb", "tensorboard"])
+    report_to: ReportTo = option(ReportTo.NONE, "Tracker for metrics and sample grids.")
     tracker_project_name: str = option("ddpm-lesion", "wandb project / tensorboard run name.")
     logging_dir: str = option("logs", "Tracker folder, relative to --output_dir.")
     dry_run: bool = option(False, "Check the data and print the resolved configuration, then exit.")
 
 
-# Settings a resumed run must share with the run it continues; the rest (how long, how
-# often to save or log) may change between invocations.
-RESUME_INVARIANT = ["train_data_dir", "labels_csv", "label_filter", "id_column", "dataset_name", "resolution",
-                    "random_flip", "class_column", "label_dropout", "pretrained_model_name_or_path", "seed", "train_batch_size",
-                    "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "use_ema",
-                    "mixed_precision"]
+# What a resumed run may change (`ddpm_lesion.core.resume_guard`): how long it runs, how often
+# it saves, validates or logs, where the cache is, and memory/speed switches that leave the
+# arithmetic alone. Everything else must match the run it continues.
+MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_steps", "checkpointing_steps",
+                        "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir", "save_images_steps",
+                        "num_sample_images", "sample_scheduler", "sample_inference_steps", "validation_data_dir",
+                        "validation_num_images", "validation_features", "gradient_checkpointing", "torch_compile",
+                        "max_bad_steps", "report_to", "tracker_project_name", "logging_dir", "dry_run"}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -147,12 +150,12 @@ def validate(cfg: TrainConfig) -> None:
 def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
     """Refuse to mix two different runs in one folder; say which settings differ."""
     run = cfg.output_dir
-    saved = run / CONFIG_FILE
+    saved = run / run_files.TRAIN_CONFIG
     if saved.is_file() and not cfg.overwrite_output_dir:
         if cfg.resume_from_checkpoint is None:
             raise UserError(f"{run} already holds a training run. Add --resume_from_checkpoint latest to continue "
                             "it, --overwrite_output_dir to start over there, or choose another --output_dir.")
-        diffs = config_differences(load_yaml(saved), to_plain_dict(cfg), RESUME_INVARIANT)
+        diffs = resume_differences(load_yaml(saved), to_plain_dict(cfg), MAY_CHANGE_ON_RESUME)
         if diffs:
             raise UserError(f"cannot resume the run in {run}: these settings differ from {saved}: "
                             + "; ".join(diffs) + ". Use the original values or a new --output_dir.")
@@ -229,9 +232,9 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
         report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
     accelerator.print(report.to_text())
     if accelerator.is_main_process and not cfg.dry_run:
-        write_text_atomic(cfg.output_dir / "data_report.txt", report.to_text() + "\n")
-        write_text_atomic(cfg.output_dir / "data_report.json", json.dumps(report.to_dict(), indent=2))
-        if cfg.report_to != "none":
+        write_text_atomic(cfg.output_dir / run_files.DATA_REPORT_TEXT, report.to_text() + "\n")
+        write_text_atomic(cfg.output_dir / run_files.DATA_REPORT_JSON, json.dumps(report.to_dict(), indent=2))
+        if cfg.report_to is not ReportTo.NONE:
             accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
             tracking.log_text(accelerator, "data_report", report.to_text())
     labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
@@ -294,7 +297,7 @@ def train(cfg: TrainConfig) -> Path:
         cpu=use_cpu(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision.value if cfg.mixed_precision else None,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        log_with=None if cfg.report_to is ReportTo.NONE else cfg.report_to.value,
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / cfg.logging_dir)),
     )
     check_process_count(accelerator.num_processes)
@@ -329,7 +332,7 @@ def train(cfg: TrainConfig) -> Path:
         else:
             state = checkpoints.load_checkpoint(accelerator, path, unet, ema)
             say(f"resumed from {path} at step {state.global_step}")
-    metrics = tracking.MetricsLog(run / "metrics.csv")
+    metrics = tracking.MetricsLog(run / run_files.METRICS_CSV)
     if accelerator.is_main_process:
         metrics.truncate_after(state.global_step)
 
@@ -372,7 +375,7 @@ def train(cfg: TrainConfig) -> Path:
             path = checkpoints.save_checkpoint(accelerator, run, state, accelerator.unwrap_model(unet), ema,
                                                noise_scheduler, cfg.checkpoints_total_limit, class_names)
             if accelerator.is_main_process:
-                tracking.plot_loss(metrics, run / "loss.png")
+                tracking.plot_loss(metrics, run / run_files.LOSS_PLOT)
                 if validator is not None:
                     validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
                                         class_names, progress.write)
@@ -459,10 +462,10 @@ def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel
     exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema)
     grid = sample_grid(exported, noise_scheduler.config, cfg.sample_scheduler, cfg.num_sample_images,
                        cfg.sample_inference_steps, cfg.seed, class_names)
-    write_bytes_atomic(cfg.output_dir / "samples" / f"step-{step:07d}.png", tracking.png_bytes(grid))
+    write_bytes_atomic(cfg.output_dir / run_files.SAMPLES_DIR / f"step-{step:07d}.png", encode_png(grid))
     tracking.log_image(accelerator, "samples", grid, step)
 
 
 def publish_final(run: Path, step: int) -> None:
     """The last checkpoint's pipeline at the top of the run folder, diffusers' convention."""
-    checkpoints.publish_pipeline(run / f"{checkpoints.CHECKPOINT_PREFIX}{step}" / checkpoints.PIPELINE_SUBDIR, run)
+    checkpoints.publish_pipeline(run / f"{run_files.CHECKPOINT_PREFIX}{step}" / run_files.CHECKPOINT_PIPELINE, run)

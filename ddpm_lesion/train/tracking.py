@@ -73,10 +73,6 @@ def plot_loss(metrics: MetricsLog, out: Path) -> None:
     write_bytes_atomic(out, figure_png(fig))
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def log_image(accelerator: Accelerator, key: str, image: Image.Image, step: int) -> None:

@@ -20,11 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_lesion.data.training_images import resize_and_crop
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.data.image_decoding import ImageProblem, open_rgb, resize_and_crop
+from ddpm_lesion.data.labels import (
+    GROUP_COLUMNS,
+    SYNTHETIC_COLUMN,
+    CsvFormat,
+    LabelTable,
+    filter_rows,
+    find_images,
+    id_key,
+    parse_filter,
+    read_labels,
+    resolve_ids,
+)
 from ddpm_lesion.sample.provenance import is_synthetic
-from ddpm_lesion.data.image_decoding import ImageProblem, open_rgb
-from ddpm_lesion.data.labels import GROUP_COLUMNS, SYNTHETIC_COLUMN, CsvFormat, LabelTable, id_key, filter_rows, find_images, parse_filter, read_labels, resolve_ids
 
 """Columns naming who or what an image shows. A value in both sets means the classifier
 was tested on a patient (ISIC 2020) or a lesion (HAM10000) it was trained on."""

@@ -13,7 +13,6 @@ difference significant only when both intervals exclude zero.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -22,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_lesion import __version__
+from ddpm_lesion.core.config import option, to_plain_dict
+from ddpm_lesion.core.devices import pick_device
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.version import __version__
 from ddpm_lesion.utility import classifier_metrics as clf_metrics
 from ddpm_lesion.utility.classifier import Arch, TrainSettings, predict_scores, train_classifier
-from ddpm_lesion.core.config import add_dataclass_arguments, config_from_args, option, to_plain_dict
-from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.utility.classifier_data import UtilityData, load_utility_data
 from ddpm_lesion.utility.report import write_utility_report
 
@@ -74,14 +74,6 @@ class UtilityConfig:
             raise UserError(f"primary_metric {self.primary_metric!r}: choose one of {', '.join(clf_metrics.METRICS)}.")
         if not 0.0 < self.threshold < 1.0:
             raise UserError(f"--threshold {self.threshold}: give a probability strictly between 0 and 1.")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this torch sees no CUDA GPU. Use --device auto or cpu.")
-    return torch.device(name)
 
 
 def arm_training_sets(data: UtilityData, oversampled: bool) -> dict[str, tuple[np.ndarray, bool]]:
@@ -198,7 +190,7 @@ def run_utility(labels_csv: Path, train_data_dir: Path, test_csv: Path, output_d
         UserError: bad options, missing or unusable files, or a test set that leaks.
     """
     config.check()
-    device = _device(config.device)
+    device = pick_device(config.device)
     data = load_utility_data(labels_csv, train_data_dir, synthetic_data_dir, test_csv, test_data_dir,
                              config.positive, config.id_column, config.resolution)
     facts, scores = train_and_score(data, config, device)
@@ -234,28 +226,3 @@ def run_utility(labels_csv: Path, train_data_dir: Path, test_csv: Path, output_d
 
 
 # ------------------------------------------------------------------------ command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--labels_csv", type=Path, required=True,
-                        help="Training labels CSV with a synthetic (0/1) column, as `ddpm-lesion balance` writes.")
-    parser.add_argument("--train_data_dir", type=Path, required=True, help="Folder of the real training images.")
-    parser.add_argument("--synthetic_data_dir", type=Path, default=None,
-                        help="Folder of the synthetic images (default: images/ beside --labels_csv).")
-    parser.add_argument("--test_csv", type=Path, required=True,
-                        help="Labels CSV of the real, patient-disjoint test images.")
-    parser.add_argument("--test_data_dir", type=Path, default=None,
-                        help="Folder of the test images (default: --train_data_dir).")
-    parser.add_argument("--output_dir", type=Path, required=True, help="Where report.json, report.html, ... go.")
-    add_dataclass_arguments(parser, UtilityConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    config = config_from_args(UtilityConfig, args)
-    result = run_utility(args.labels_csv, args.train_data_dir, args.test_csv, args.output_dir, config,
-                         args.synthetic_data_dir, args.test_data_dir)
-    for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(result["verdict"]["sentence"])
-    print(f"report: {args.output_dir / 'report.html'}")
-    return 0

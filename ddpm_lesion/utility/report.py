@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_lesion.utility import classifier_metrics as clf_metrics
-from ddpm_lesion.core.fileio import write_bytes_atomic, write_text_atomic
 from ddpm_lesion.core.figures import figure_png, html_img, pyplot
+from ddpm_lesion.core.fileio import write_bytes_atomic, write_text_atomic
+from ddpm_lesion.utility import classifier_metrics as clf_metrics
 
 _COLOURS = ("tab:blue", "tab:orange", "tab:green")
 

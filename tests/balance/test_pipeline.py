@@ -14,20 +14,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import save_tiny_pipeline, write_images
-from tests.launch_utils import REPO, free_port, script_env
 from ddpm_lesion.balance import pipeline as balance_module
-from ddpm_lesion.balance.pipeline import (ADDED_COLUMNS, BalanceConfig, BalanceLayout, SyntheticImage, class_seed, make_plan,
-                                 output_rows, sampling_config, training_config)
+from ddpm_lesion.balance.dedupe import find_duplicates
+from ddpm_lesion.balance.pipeline import (
+    ADDED_COLUMNS,
+    BalanceConfig,
+    BalanceLayout,
+    SyntheticImage,
+    class_seed,
+    make_plan,
+    output_rows,
+    sampling_config,
+    training_config,
+)
 from ddpm_lesion.balance.plan import ClassPlan, class_cells, class_scheme, row_label, slug, synthetic_counts
 from ddpm_lesion.commands.cli import main
 from ddpm_lesion.core.config import config_from_sources
-from ddpm_lesion.balance.dedupe import find_duplicates
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.data.label_writer import write_labels
 from ddpm_lesion.data.labels import CsvFormat, read_labels
 from ddpm_lesion.sample.provenance import is_synthetic, read_manifest, read_png_text
-from ddpm_lesion.sample.sample_config import MixedPrecision as SampleMixedPrecision
+from tests.helpers import save_tiny_pipeline, write_images
+from tests.launch_utils import REPO, free_port, script_env
 
 HAM_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,split"
 ISIC2020_HEADER = ("image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,"
@@ -209,7 +218,7 @@ def test_training_and_sampling_options_pass_through(tmp_path):
     assert (sampled.class_label, sampled.num_images, sampled.model_dir, sampled.output_dir, sampled.prefix) == (
         "nv", 4, str(tmp_path / "out/model"), tmp_path / "out/generated/nv", "synthetic_nv")
     assert (sampled.num_inference_steps, sampled.guidance_scale, sampled.scheduler.value) == (9, 2.5, "ddim")
-    assert sampled.mixed_precision is SampleMixedPrecision.BF16
+    assert sampled.mixed_precision is MixedPrecision.BF16
     assert sampled.seed == class_seed(7, "nv") != class_seed(7, "mel")  # never the same noise for two classes
 
     per_class = config(train_data_dir=str(tmp_path), labels_csv="x.csv", output_dir=str(tmp_path / "out"),

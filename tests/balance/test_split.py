@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from ddpm_lesion.balance.split import (
+    SplitConfig,
+    assign_groups,
+    groups_in_several_splits,
+    parse_fractions,
+    split_labels,
+)
 from ddpm_lesion.commands.cli import main
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.data.labels import CsvFormat, read_labels
-from ddpm_lesion.balance.split import SplitConfig, assign_groups, groups_in_several_splits, parse_fractions, split_labels
 
 ISIC2020_HEADER = ("image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,"
                    "benign_malignant,target")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.data_fixtures import bomb_png, solid_rgb, text_as_jpeg, truncated_jpeg, zero_byte
 from PIL import Image, ImageFile
 
 from ddpm_lesion.data.image_decoding import ImageProblem, is_image_file, open_rgb
+from tests.data_fixtures import bomb_png, solid_rgb, text_as_jpeg, truncated_jpeg, zero_byte
 
 
 def pixels(image: Image.Image) -> np.ndarray:

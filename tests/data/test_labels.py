@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.helpers import write_images
 
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.data.labels import (
@@ -16,6 +15,7 @@ from ddpm_lesion.data.labels import (
     read_labels,
     resolve_ids,
 )
+from tests.helpers import write_images
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "labels.csv", encoding: str = "utf-8") -> Path:

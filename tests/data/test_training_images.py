@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from tests.helpers import write_images
-from tests.data_fixtures import solid_rgb, text_as_jpeg, truncated_jpeg, zero_byte
 from PIL import Image
 
-from ddpm_lesion.data import training_images as data
-from ddpm_lesion.data.training_images import DataReport, load_training_images, resize_and_crop
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.data.image_decoding import open_rgb
+from ddpm_lesion.data import training_images as data
+from ddpm_lesion.data.image_decoding import open_rgb, resize_and_crop
+from ddpm_lesion.data.training_images import DataReport, load_training_images
+from tests.data_fixtures import solid_rgb, text_as_jpeg, truncated_jpeg, zero_byte
+from tests.helpers import write_images
 
 R = 16
 COLOURS = {"ISIC_0000001": (200, 30, 30), "ISIC_0000002": (30, 200, 30), "ISIC_0000003": (30, 30, 200)}

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import REPO
 from PIL import Image, PngImagePlugin
 
 from ddpm_lesion.commands.cli import main
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.data.demo_lesions import draw_lesion
 from ddpm_lesion.evaluate.audit import EvalConfig, evaluate_folders
 from ddpm_lesion.evaluate.features import FeatureSpace
-from ddpm_lesion.data.demo_lesions import draw_lesion
+from tests.helpers import REPO
 
 FAST = ["--resolution", "32", "--kid_subsets", "5", "--kid_subset_size", "10"]
 
@@ -102,13 +102,14 @@ def test_a_sampler_output_folder_is_scored_without_its_preview_grids(folders, tm
 def test_library_call_with_labels_csv_filter_and_no_train(folders, tmp_path):
     (tmp_path / "labels.csv").write_text(
         "image_id,dx\n" + "".join(f"ISIC_1{i:05d},{'mel' if i < 10 else 'nv'}\n" for i in range(16)))
+    before = sorted(tmp_path.rglob("*"))
     config = EvalConfig(features=[FeatureSpace.PIXELS], resolution=32, kid_subsets=5, kid_subset_size=8,
                         real_csv=tmp_path / "labels.csv", label_filter=["dx=mel"], id_column="image_id")
     result = evaluate_folders(folders["real"], folders["synthetic"], config=config)
     assert result["inputs"]["real"]["n"] == 10
     assert result["primary"]["feature_space"] == "pixels16" and result["memorization"] is None
     assert any("No --train folder" in w for w in result["warnings"])
-    assert not (tmp_path / "report").exists()
+    assert sorted(tmp_path.rglob("*")) == before  # no output_dir: the library call writes nothing
 
 
 def test_leaks_into_the_real_set_are_reported(folders):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from ddpm_lesion.evaluate import copy_detection as memorization
 from ddpm_lesion.data.demo_lesions import draw_lesion
+from ddpm_lesion.evaluate import copy_detection as memorization
 
 
 def lesions(seed: int, n: int, size: int = 48) -> np.ndarray:

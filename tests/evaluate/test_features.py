@@ -11,12 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_lesion.evaluate import efficientnet_lite
-from ddpm_lesion.evaluate import features
-from ddpm_lesion.evaluate import fid_inception
-from ddpm_lesion.data.training_images import resize_and_crop
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.data.demo_lesions import draw_lesion
+from ddpm_lesion.data.image_decoding import resize_and_crop
+from ddpm_lesion.evaluate import efficientnet_lite, features, fid_inception
 
 # The photo of Grace Hopper in uniform that matplotlib ships as sample data is the
 # classic test image of TensorFlow's label_image example, whose expected top class is

@@ -9,18 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-from tests.helpers import tiny_unet
-from ddpm_lesion.model.conditioning import (add_class_embedding, class_index, drop_labels, guided_prediction,
-                                      load_class_names)
 from ddpm_lesion.core.config import parse_config
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.model.conditioning import (
+    add_class_embedding,
+    class_index,
+    drop_labels,
+    guided_prediction,
+    load_class_names,
+)
 from ddpm_lesion.model.pretrained import load_pipeline
 from ddpm_lesion.sample.samplers import denoise, image_generators, initial_noise, make_scheduler
 from ddpm_lesion.train.loop import TrainConfig, train
+from tests.helpers import tiny_unet
 
 
 def test_added_class_embedding_leaves_the_pretrained_output_unchanged():

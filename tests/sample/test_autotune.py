@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import tiny_unet
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.sample import autotune
 from ddpm_lesion.sample.autotune import CPU_BATCH_SIZE, auto_batch_size, bf16_is_fast, fit_batch_size, fixed_and_per_row
-from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.sample.generation import resolve_auto
-from ddpm_lesion.sample.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.sample.sample_config import SampleConfig
+from tests.helpers import tiny_unet
 
 GB = 10**9
 SHAPE = (3, 16, 16)

@@ -9,15 +9,16 @@ import pytest
 import yaml
 from diffusers import UNet2DModel
 
-from tests.helpers import save_tiny_pipeline, write_images
 from ddpm_lesion.commands.cli import main as cli_main
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.sample.generation import generate
+from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.evaluate.metrics import KidEstimate, PairedDifference
 from ddpm_lesion.model.pretrained import model_sha256
-from ddpm_lesion.sample.sample_config import MixedPrecision, SampleConfig
+from ddpm_lesion.sample.generation import generate
 from ddpm_lesion.sample.pick_sampler import PickSamplerConfig, Scored, Setting, choose, pick_sampler, within_tolerance
+from ddpm_lesion.sample.sample_config import SampleConfig
 from ddpm_lesion.sample.samplers import SchedulerName
+from tests.helpers import save_tiny_pipeline, write_images
 
 REFERENCE = Scored(Setting(SchedulerName.DDPM, 50), KidEstimate(0.020, 0.004, 0.013, 0.028), None)
 
@@ -147,8 +148,8 @@ def test_refusals_name_the_problem(model_and_real, tmp_path, capsys):
 def test_a_class_conditional_model_is_measured_on_one_class(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from tests.helpers import tiny_unet
     from ddpm_lesion.model.conditioning import add_class_embedding, save_class_names
+    from tests.helpers import tiny_unet
 
     model = tmp_path / "conditional"
     DDPMPipeline(unet=add_class_embedding(tiny_unet(16), num_classes=2),
@@ -167,9 +168,9 @@ def test_a_class_conditional_model_is_measured_on_one_class(tmp_path):
 def test_the_benchmark_model_ships_with_the_sampler_measured_on_its_weights():
     """`make bench` times bench/models/ddpm-lesion-tiny-32-long with its own sampler.json; a
     change of the weights without rerunning pick-sampler would silently time DDPM-50."""
-    from tests.helpers import REPO
-    from ddpm_lesion.sample.generation import model_sampler
     from ddpm_lesion.model.pretrained import read_distilled
+    from ddpm_lesion.sample.generation import model_sampler
+    from tests.helpers import REPO
 
     folder = REPO / "bench" / "models" / "ddpm-lesion-tiny-32-long"
     sha256 = model_sha256(UNet2DModel.from_pretrained(folder / "unet"))

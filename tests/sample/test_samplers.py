@@ -3,6 +3,10 @@ splitting, PNG provenance and grids. Tiny tensors, no subprocesses."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
+import time
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,10 +18,10 @@ from PIL import Image
 
 import ddpm_lesion
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.grids import make_grid
 from ddpm_lesion.sample.provenance import (
     MANIFEST_FIELDS,
-    encode_png,
     image_settings,
     is_synthetic,
     manifest_row,
@@ -231,10 +235,39 @@ def test_is_synthetic_is_false_for_other_files(tmp_path):
         is_synthetic(tmp_path / "missing.png")
 
 
+# sha256 of png_chunks() of the image and text below, computed once and pinned
+PINNED_PNG_CHUNKS = "056f36a8046106f7f8a5a9021f54346b3b4fb4bbc3163260045142ae3127eac1"
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk of a PNG file, IDAT payloads decompressed (so the
+    result does not depend on the zlib build that compressed them)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos, idat = [], 8, b""
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        payload = data[pos + 8:pos + 8 + length]
+        if kind == b"IDAT":
+            idat += payload
+        else:
+            chunks.append((kind, payload))
+        pos += 12 + length
+    chunks.insert(-1, (b"IDAT", zlib.decompress(idat)))
+    return chunks
+
+
 def test_png_bytes_are_reproducible():
-    """No timestamp or other varying chunk: same pixels and settings, same bytes."""
+    """No timestamp or other varying chunk: the chunks of an encoded image are pinned (a tIME
+    chunk, or a date in a text chunk, would change the hash), and two encodes a second apart
+    give the same bytes."""
     image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
-    assert encode_png(image, png_text(settings(), 3)) == encode_png(image.copy(), png_text(settings(), 3))
+    text = {"synthetic": "true", "index": "3", "seed": "1"}
+    first = encode_png(image, text)
+    chunks = png_chunks(first)
+    assert [kind for kind, _ in chunks] == [b"IHDR", b"tEXt", b"tEXt", b"tEXt", b"IDAT", b"IEND"]
+    assert hashlib.sha256(repr(chunks).encode()).hexdigest() == PINNED_PNG_CHUNKS
+    time.sleep(1.1)
+    assert encode_png(image.copy(), text) == first
 
 
 def test_manifest_round_trip(tmp_path):

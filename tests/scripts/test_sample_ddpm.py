@@ -27,7 +27,6 @@ from tests.launch_utils import REPO, run_script, start_script
 
 sys.path.insert(0, str(REPO))
 import sample_ddpm  # noqa: E402
-
 from ddpm_lesion.sample.provenance import is_synthetic, read_manifest, read_png_text  # noqa: E402
 from ddpm_lesion.sample.samplers import SchedulerName  # noqa: E402
 
@@ -263,7 +262,10 @@ def error_of(capsys, rc: int) -> str:
 
 
 def test_missing_model(tmp_path, capsys):
-    assert "tmp" in error_of(capsys, sample(tmp_path / "nope", tmp_path / "out", "--num_images", "1"))
+    err = error_of(capsys, sample(tmp_path / "nope", tmp_path / "out", "--num_images", "1"))
+    assert f"'{tmp_path / 'nope'}' is neither a local folder nor a model in the Hugging Face cache" in err
+    assert "save_pretrained" in err  # ... and the fix
+    assert not (tmp_path / "out").exists()
 
 
 def test_folder_that_is_not_a_pipeline(tmp_path, capsys):
@@ -486,8 +488,8 @@ def conditional_model(tmp_path_factory) -> Path:
     """A tiny class-conditional pipeline (classes MEL, NV) as train_ddpm.py writes it."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    from tests.helpers import tiny_unet
     from ddpm_lesion.model.conditioning import add_class_embedding, save_class_names
+    from tests.helpers import tiny_unet
 
     folder = tmp_path_factory.mktemp("conditional") / "pipeline"
     unet = add_class_embedding(tiny_unet(16), num_classes=2)

@@ -12,13 +12,13 @@ import torch
 import yaml
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 
-from tests.helpers import save_tiny_pipeline, write_images
-from ddpm_lesion.train import distill as distill_module
 from ddpm_lesion.commands.cli import main as cli_main
-from ddpm_lesion.train.distill import DistillConfig, ddim_step, distill, distillation_loss, round_schedule, step_grid
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.sample.generation import generate
 from ddpm_lesion.sample.sample_config import SampleConfig
+from ddpm_lesion.train import distill as distill_module
+from ddpm_lesion.train.distill import DistillConfig, ddim_step, distill, distillation_loss, round_schedule, step_grid
+from tests.helpers import save_tiny_pipeline, write_images
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 8, 16, 32])

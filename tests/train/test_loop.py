@@ -14,14 +14,13 @@ import yaml
 from diffusers import DDPMPipeline, DDPMScheduler
 from safetensors.torch import load_file
 
-from tests.helpers import save_tiny_pipeline, tiny_unet, write_images
-from ddpm_lesion.train import batching
-from ddpm_lesion.train import checkpoints
-from ddpm_lesion.train import loop as training
 from ddpm_lesion.core.config import parse_config
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.train.losses import diffusion_loss
+from ddpm_lesion.train import batching, checkpoints
+from ddpm_lesion.train import loop as training
 from ddpm_lesion.train.loop import TrainConfig, train
+from ddpm_lesion.train.losses import diffusion_loss
+from tests.helpers import save_tiny_pipeline, tiny_unet, write_images
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -311,8 +310,8 @@ def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, mo
     """By default the grids and the KID that picks the best checkpoint come from the sampler
     sample_ddpm.py uses by default (a checkpoint ranked by DDIM images may not be the best
     under DDPM: their KIDs differed 4x on the demo model)."""
-    from ddpm_lesion.train import checkpoint_kid as validation
     from ddpm_lesion.sample.samplers import DEFAULT_SCHEDULER, DEFAULT_STEPS
+    from ddpm_lesion.train import checkpoint_kid as validation
 
     assert (TrainConfig().sample_scheduler, TrainConfig().sample_inference_steps) == (DEFAULT_SCHEDULER, DEFAULT_STEPS)
     used = []
