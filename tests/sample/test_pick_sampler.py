@@ -168,8 +168,8 @@ def test_a_class_conditional_model_is_measured_on_one_class(tmp_path):
 def test_the_benchmark_model_ships_with_the_sampler_measured_on_its_weights():
     """`make bench` times bench/models/ddpm-lesion-tiny-32-long with its own sampler.json; a
     change of the weights without rerunning pick-sampler would silently time DDPM-50."""
-    from ddpm_lesion.model.pretrained import read_distilled
     from ddpm_lesion.sample.generation import model_sampler
+    from ddpm_lesion.sample.sampler_records import read_distilled
     from tests.helpers import REPO
 
     folder = REPO / "bench" / "models" / "ddpm-lesion-tiny-32-long"
