@@ -1,0 +1,91 @@
+"""Copy-robustness benchmark: how many edited copies of training images the copy detector
+flags, per edit, and how many distinct held-out images it wrongly flags, at its automatic
+threshold (issue 16).
+
+Two image sets: the real dermoscopy patches of `../shared/data/ph2-dev` (skipped when
+absent; exact duplicate files are dropped first — 422 of its 995 files repeat another one
+byte for byte, which would otherwise put the same picture on both sides of the split),
+split 300 train / the rest held out; and procedural lesions (`ddpm_lesion.procedural`),
+300 train / 200 held out. Each edit of `ddpm_lesion.copy_edits` is applied to every 3rd
+training image (100 copies per edit).
+
+    python bench/copies.py [--data ../shared/data/ph2-dev/images] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import common  # noqa: F401  (puts the checkout on sys.path)
+from ddpm_lesion.evaluate import copy_detection as memorization
+from ddpm_lesion.evaluate import copy_edits
+from ddpm_lesion.data.demo_lesions import draw_lesion
+
+N_TRAIN = 300
+SOURCE_STRIDE = 3
+
+
+def unique_images(folder: Path) -> np.ndarray:
+    """The folder's PNGs as uint8 32x32 RGB, byte-identical repeats dropped (first kept)."""
+    seen, images = set(), []
+    for path in sorted(folder.glob("*.png")):
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        digest = hashlib.sha1(pixels.tobytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            images.append(pixels)
+    return np.stack(images)
+
+
+def procedural(n: int, seed: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(draw_lesion(rng, 32, malignant=bool(i % 2), varied=True)) for i in range(n)])
+
+
+def measure(images: np.ndarray) -> dict:
+    """Detection rate per edit and the held-out false-positive rate at the auto threshold."""
+    order = np.random.default_rng(0).permutation(len(images))
+    train, held = images[order[:N_TRAIN]], images[order[N_TRAIN:]]
+    fresh = memorization.find_copies(held, train)
+    result = {"n_train": len(train), "n_held_out": len(held), "threshold": fresh.threshold,
+              "held_out_flagged": fresh.copy_rate, "edits": {}}
+    sources = np.arange(0, len(train), SOURCE_STRIDE)
+    for name in copy_edits.ALL_EDITS:
+        rng = np.random.default_rng(1)
+        copies = np.stack([copy_edits.apply(name, train[i], rng) for i in sources])
+        audit = memorization.find_copies(copies, train)
+        result["edits"][name] = {"flagged": audit.copy_rate,
+                                 "distance_p95": float(np.percentile(audit.pixel_distance, 95))}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.REPO.parent / "shared" / "data" / "ph2-dev" / "images")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    sets = {"procedural": procedural(N_TRAIN + 200)}
+    if args.data.is_dir():
+        sets["ph2-dev"] = unique_images(args.data)
+    else:
+        print(f"{args.data} not found: real-patch benchmark skipped")
+    results = {name: measure(images) for name, images in sets.items()}
+    names = list(results)
+    print(f"{'edit':26s}" + "".join(f"{n:>22s}" for n in names))
+    for edit in copy_edits.ALL_EDITS:
+        cells = (results[n]["edits"][edit] for n in names)
+        print(f"{edit:26s}" + "".join(f"{c['flagged']:.0%} (p95 {c['distance_p95']:.3f})".rjust(22) for c in cells))
+    print(f"{'held-out flagged':26s}" + "".join(f"{results[n]['held_out_flagged']:>22.1%}" for n in names))
+    print(f"{'threshold':26s}" + "".join(f"{results[n]['threshold']:>22.4f}" for n in names))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": common.machine(), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
