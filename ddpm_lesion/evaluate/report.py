@@ -57,20 +57,20 @@ def gallery_png(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> bytes
 
 
 def histogram_png(audit: CopyAudit, real_vs_train: np.ndarray | None) -> bytes:
-    """Nearest-neighbour pixel distances: train-vs-train (the calibration), synthetic-vs-train
-    and, when a held-out real set is given, real-vs-train, with the copy threshold."""
+    """Nearest-neighbour alignment distances: train-vs-other-train, synthetic-vs-train and,
+    when a held-out real set is given, real-vs-train, with the (median) copy threshold."""
     plt = pyplot()
     figure, ax = plt.subplots(figsize=(7, 3.5))
-    series = [("train vs other train (calibration)", audit.train_nn_distance),
-              ("synthetic vs train", audit.pixel_distance)]
+    series = [("train vs other train", audit.train_nn_distance), ("synthetic vs train", audit.pixel_distance)]
     if real_vs_train is not None:
         series.append(("held-out real vs train", real_vs_train))
+    series = [(label, values) for label, values in series if len(values)]
     top = max(float(values.max()) for _, values in series)
     bins = np.linspace(0.0, max(top, audit.threshold) * 1.05, 40)
     for label, values in series:
         ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{label} (n={len(values)})")
-    ax.axvline(audit.threshold, color="red", linestyle="--", label=f"copy threshold {audit.threshold:.3f}")
-    ax.set_xlabel("nearest-neighbour distance (1 - cos, 32x32 RGB, min over flips/rotations)")
+    ax.axvline(audit.threshold, color="red", linestyle="--", label=f"copy threshold {audit.threshold:.3f} (median)")
+    ax.set_xlabel("nearest-neighbour alignment distance (1 - cos, low-passed 32x32 RGB, best flip/rotation/shift)")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
     return figure_png(figure)
