@@ -20,12 +20,12 @@ import json
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (puts the checkout on sys.path)
 import numpy as np
 from PIL import Image
 
-import common  # noqa: F401  (puts the checkout on sys.path)
-from ddpm_lesion.evaluate import copy_detection, copy_edits
 from ddpm_lesion.data.demo_lesions import draw_lesion
+from ddpm_lesion.evaluate import copy_detection, copy_edits
 
 N_TRAIN = 300
 SOURCE_STRIDE = 3
