@@ -297,6 +297,12 @@ class CopyAudit:
     def copy_rate(self) -> float:
         return float(self.near_copy.mean()) if len(self.near_copy) else 0.0
 
+    @property
+    def closeness(self) -> np.ndarray:
+        """Distance over the threshold that applied: <= 1 is a near copy; the order in which
+        to show pairs, since thresholds differ between training images."""
+        return self.pixel_distance / np.maximum(self.applied_threshold, 1e-12)
+
 
 def find_copies(synthetic: np.ndarray, train: np.ndarray | CopyIndex, threshold: float | None = None,
                 synthetic_features: np.ndarray | None = None,

@@ -23,7 +23,7 @@ from ddpm_lesion.evaluate.copy_detection import CopyAudit
 
 GRID_IMAGES = 36
 GALLERY_PAIRS = 16
-CSV_COLUMNS = ["synthetic_file", "nearest_train_file", "pixel_distance", "feature_distance",
+CSV_COLUMNS = ["synthetic_file", "nearest_train_file", "pixel_distance", "copy_threshold", "feature_distance",
                "nearest_train_file_by_feature", "near_copy"]
 
 
@@ -38,7 +38,7 @@ def gallery_png(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> bytes
     """The `GALLERY_PAIRS` closest synthetic/training pairs, closest first, each titled
     with its pixel distance and flagged when it is a near copy."""
     plt = pyplot()
-    order = np.argsort(audit.pixel_distance)[:GALLERY_PAIRS]
+    order = np.argsort(audit.closeness, kind="stable")[:GALLERY_PAIRS]
     columns = 4
     rows = -(-len(order) // columns)
     figure, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, rows * 1.6), squeeze=False)
@@ -77,15 +77,16 @@ def histogram_png(audit: CopyAudit, real_vs_train: np.ndarray | None) -> bytes:
 
 
 def neighbours_csv(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> str:
-    """One row per synthetic image, closest pairs first."""
+    """One row per synthetic image, closest pairs (relative to the threshold that applied to
+    their training image) first."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for s in np.argsort(audit.pixel_distance):
+    for s in np.argsort(audit.closeness, kind="stable"):
         has_feature = audit.feature_distance is not None
         writer.writerow([
             synthetic.names[s], train.names[audit.nearest_index[s]], f"{audit.pixel_distance[s]:.6f}",
-            f"{audit.feature_distance[s]:.6f}" if has_feature else "",
+            f"{audit.applied_threshold[s]:.6f}", f"{audit.feature_distance[s]:.6f}" if has_feature else "",
             train.names[audit.feature_nearest_index[s]] if has_feature else "",
             int(audit.near_copy[s]),
         ])

@@ -103,7 +103,8 @@ def test_audit_flags_planted_copies(edit, train, index):
     rng = np.random.default_rng(11)
     copies = np.stack([copy_edits.apply(edit, image, rng) for image in train])
     audit = copy_detection.find_copies(copies, index)
-    assert audit.near_copy.mean() >= 0.95, f"missed {edit} copies at ratio {np.sort(audit.pixel_distance / audit.applied_threshold)[-3:]}"
+    assert audit.near_copy.mean() >= 0.95, f"missed {edit} copies at ratio {np.sort(audit.closeness)[-3:]}"
+    assert np.array_equal(audit.near_copy, audit.closeness <= 1)
     assert (audit.nearest_index == np.arange(len(train))).mean() >= 0.95
 
 
