@@ -583,3 +583,18 @@ def test_reject_copies_is_part_of_a_folders_identity(model, copied_train, tmp_pa
     assert "reject_copies" in capsys.readouterr().err
     assert sample(model, tmp_path / "o2", "--num_images", "2", "--train_csv", "x.csv", *FAST) == 2
     assert "give --reject_copies" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reject_copies_under_two_processes_equals_one(model, copied_train, tmp_path):
+    """The index is built on the main process and shared: both ranks replace the same copies."""
+    args = ["--num_images", "8", "--reject_copies", str(copied_train), *FAST]
+    one = tmp_path / "one"
+    assert sample(model, one, *args) == 0
+    two = tmp_path / "two"
+    result = run_script("sample_ddpm.py", ["--model_dir", str(model), "--output_dir", str(two), *args],
+                        num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_images(one, two)
+    assert (two / "rejected.csv").read_text() == (one / "rejected.csv").read_text()
+    assert len((one / "rejected.csv").read_text().splitlines()) == 3  # header + the two copies
