@@ -47,6 +47,7 @@ COARSE_SIGMA = 2.0
 SHORTLIST = 10
 # Queries searched in one grouped convolution: ~40 MB of intermediate sums at K = 10.
 BATCH = 32
+SHORTLIST_FLOATS = 32 * 2 ** 20
 CALIBRATION_EDITS = ("jpeg50", "blur1", "noise3", "crop10%", "translate10%", "bright+10%",
                      "jpeg50+crop10%", "translate10%+jpeg50", "jpeg50+blur1", "jpeg50+noise3")
 CALIBRATION_MARGIN = 1.25
@@ -196,19 +197,21 @@ class CopyIndex:
     neighbour_distance: np.ndarray
     duplicates: int
 
-    def __len__(self) -> int:
-        return len(self.pixels)
-
     def shortlist(self, images: np.ndarray, exclude: np.ndarray | None = None, k: int = SHORTLIST) -> np.ndarray:
         """`(N, k)` training indices most similar to each image at the coarse scale;
         `exclude[i]` (a training index) is never listed for image i."""
         queries = _coarse_queries(images)
-        similarity = torch.einsum("nvd,mgd->nmvg", queries, self.coarse).flatten(2).amax(dim=2)
-        available = similarity.shape[1]
-        if exclude is not None:
-            similarity[torch.arange(len(images)), torch.as_tensor(exclude)] = -np.inf
-            available -= 1
-        return similarity.topk(min(k, available), dim=1).indices.numpy()
+        available = len(self.coarse) - (exclude is not None)
+        # Queries per chunk: the (chunk, M, 8, 25) similarity stays under ~32 M floats.
+        chunk = max(1, SHORTLIST_FLOATS // (len(self.coarse) * queries.shape[1] * self.coarse.shape[1]))
+        picked = []
+        for start in range(0, len(images), chunk):
+            similarity = torch.einsum("nvd,mgd->nmvg", queries[start:start + chunk], self.coarse).flatten(2).amax(dim=2)
+            if exclude is not None:
+                rows = torch.arange(len(similarity))
+                similarity[rows, torch.as_tensor(exclude[start:start + chunk])] = -np.inf
+            picked.append(similarity.topk(min(k, available), dim=1).indices)
+        return torch.cat(picked).numpy() if picked else np.zeros((0, min(k, available)), dtype=np.int64)
 
     def distances(self, images: np.ndarray, candidates: np.ndarray, orientations: bool = True) -> np.ndarray:
         """`(N, K)` alignment distance of each image to each of its `(N, K)` candidates;

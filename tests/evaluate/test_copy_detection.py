@@ -130,3 +130,10 @@ def test_explicit_threshold_and_feature_second_opinion(train, index):
     assert audit.threshold == 0.001 and audit.copy_rate == 0.5 and audit.nearest_index[0] == 0
     assert (audit.applied_threshold == 0.001).all()
     assert audit.feature_nearest_index.tolist() == [0, 5] and audit.feature_distance == pytest.approx([0.0, 0.0])
+
+
+def test_shortlist_is_the_same_however_the_queries_are_chunked(train, index, monkeypatch):
+    whole = index.shortlist(train, exclude=np.arange(len(train)))
+    monkeypatch.setattr(copy_detection, "SHORTLIST_FLOATS", 1)  # one query per chunk
+    assert np.array_equal(index.shortlist(train, exclude=np.arange(len(train))), whole)
+    assert not (whole == np.arange(len(train))[:, None]).any()  # never the image itself
