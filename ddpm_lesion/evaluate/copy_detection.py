@@ -19,14 +19,12 @@ change, so pixels are not compared as they are:
   linear in the number of training images.
 - threshold, per training image, calibrated on edited copies of the image itself: the
   largest distance of its copies under the hardest edits of `copy_edits`
-  (`CALIBRATION_EDITS`), times `CALIBRATION_MARGIN`, capped at `NEIGHBOUR_CAP` x its distance
-  to its nearest other training image. A textured image moves far under JPEG and gets a wide
-  threshold; a smooth one, whose distinct look-alikes are close, gets a narrow one. A global
-  threshold cannot do both (measured in BENCHMARKS.md).
+  (`CALIBRATION_EDITS`), times `CALIBRATION_MARGIN`. A textured image moves far under JPEG
+  and gets a wide threshold; a smooth one, whose distinct look-alikes are close, gets a
+  narrow one. A global threshold cannot do both (measured in BENCHMARKS.md).
 
 A synthetic image is a near copy when its distance to some training image is within that
-image's threshold and at most `DISTINCTNESS` x its distance to the next training image that
-is not the same picture. A feature-space cosine distance (from the evaluation's feature
+image's threshold. A feature-space cosine distance (from the evaluation's feature
 extractor) is reported beside it as a second opinion.
 """
 
@@ -52,16 +50,11 @@ BATCH = 32
 SHORTLIST_FLOATS = 32 * 2 ** 20
 CALIBRATION_EDITS = ("jpeg50", "blur1", "noise3", "crop10%", "translate10%", "bright+10%",
                      "jpeg50+crop10%", "translate10%+jpeg50", "jpeg50+blur1", "jpeg50+noise3")
-CALIBRATION_MARGIN = 1.5
+CALIBRATION_MARGIN = 1.25
 # A threshold never reaches past this fraction of the distance from the image to its nearest
 # other training image: distinct pictures of the same kind come that close, so new images
 # will too (chosen on ph2-dev, BENCHMARKS.md).
-NEIGHBOUR_CAP = 1.0
-# With the calibrated thresholds, a near copy must also be at most this fraction of its
-# distance to the next training image (not the same picture) of the shortlist: a copy stands
-# out from the crowd, a new image in a crowded region does not (Lowe's ratio test; chosen on
-# ph2-dev, BENCHMARKS.md).
-DISTINCTNESS = 0.8
+NEIGHBOUR_CAP = 0.5
 # Training images this close to another training image are the same picture (re-saved,
 # resized, listed twice — ISIC releases overlap); the audit reports how many there are.
 DUPLICATE_DISTANCE = 1e-3
@@ -203,7 +196,6 @@ class CopyIndex:
     thresholds: np.ndarray
     neighbour_distance: np.ndarray
     duplicates: int
-    picture: np.ndarray  # images with the same number are the same picture (exact duplicates)
 
     def shortlist(self, images: np.ndarray, exclude: np.ndarray | None = None, k: int = SHORTLIST) -> np.ndarray:
         """`(N, k)` training indices most similar to each image at the coarse scale;
@@ -241,39 +233,20 @@ def build_index(train: np.ndarray, margin: float = CALIBRATION_MARGIN,
     if len(train) == 0:
         raise ValueError("copy detection needs at least 1 training image")
     nothing = np.zeros(len(train))
-    index = CopyIndex(_lowpass(train, LOWPASS_SIGMA), _coarse_windows(train), nothing, nothing, 0,
-                      np.arange(len(train)))
+    index = CopyIndex(_lowpass(train, LOWPASS_SIGMA), _coarse_windows(train), nothing, nothing, 0)
     own = np.arange(len(train))[:, None]
     radius = np.zeros(len(train))
     for number, name in enumerate(edits):
         copies = np.stack([copy_edits.apply(name, image, np.random.default_rng([seed, number, i]))
                            for i, image in enumerate(train)])
         radius = np.maximum(radius, index.distances(copies, own, orientations=False)[:, 0])
-    neighbour, duplicates, picture = np.full(len(train), np.inf), 0, np.arange(len(train))
+    neighbour, duplicates = np.full(len(train), np.inf), 0
     if len(train) > 1:
-        candidates = index.shortlist(train, exclude=np.arange(len(train)))
-        others = index.distances(train, candidates)
+        others = index.distances(train, index.shortlist(train, exclude=np.arange(len(train))))
         duplicates = int((others.min(axis=1) <= DUPLICATE_DISTANCE).sum())
         neighbour = np.where(others > DUPLICATE_DISTANCE, others, np.inf).min(axis=1)
-        picture = _same_picture_groups(candidates, others <= DUPLICATE_DISTANCE)
     thresholds = np.minimum(margin * radius, NEIGHBOUR_CAP * neighbour)
-    return CopyIndex(index.pixels, index.coarse, thresholds, neighbour, duplicates, picture)
-
-
-def _same_picture_groups(candidates: np.ndarray, same: np.ndarray) -> np.ndarray:
-    """`(M,)` group number (its smallest member) of each training image, joining image i and
-    `candidates[i, j]` wherever `same[i, j]` (union-find)."""
-    parent = np.arange(len(candidates))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(same)):
-        a, b = root(i), root(int(candidates[i, j]))
-        parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(len(parent))])
+    return CopyIndex(index.pixels, index.coarse, thresholds, neighbour, duplicates)
 
 
 @dataclass
@@ -284,28 +257,24 @@ class Nearest:
     index: np.ndarray
     distance: np.ndarray
     threshold: np.ndarray
-    near_copy: np.ndarray
+
+    @property
+    def near_copy(self) -> np.ndarray:
+        return self.distance <= self.threshold
 
 
 def nearest_copies(images: np.ndarray, index: CopyIndex, threshold: float | None = None,
                    exclude: np.ndarray | None = None) -> Nearest:
     """Audit uint8 `(N, H, W, 3)` images against an index. With `threshold=None` each
-    training image's own calibrated threshold applies, the nearest training image is the one
-    with the smallest distance/threshold ratio, and a near copy must also pass the
-    `DISTINCTNESS` test; with a number, that one threshold alone decides and the nearest is
-    the one at the smallest distance."""
+    training image's own calibrated threshold applies and the nearest training image is the
+    one with the smallest distance/threshold ratio; with a number, that one threshold
+    applies and the nearest is the one at the smallest distance."""
     candidates = index.shortlist(images, exclude)
     distance = index.distances(images, candidates)
     limits = index.thresholds[candidates] if threshold is None else np.full(candidates.shape, float(threshold))
     best = np.argmin(distance / np.maximum(limits, 1e-12), axis=1)
     rows = np.arange(len(images))
-    nearest, closest, limit = candidates[rows, best], distance[rows, best], limits[rows, best]
-    near_copy = closest <= limit
-    if threshold is None:
-        other_pictures = index.picture[candidates] != index.picture[nearest][:, None]
-        second = np.where(other_pictures, distance, np.inf).min(axis=1)
-        near_copy &= closest <= DISTINCTNESS * second
-    return Nearest(nearest, closest, limit, near_copy)
+    return Nearest(candidates[rows, best], distance[rows, best], limits[rows, best])
 
 
 # ------------------------------------------------------------------------ the audit
@@ -333,8 +302,8 @@ class CopyAudit:
 
     @property
     def closeness(self) -> np.ndarray:
-        """Distance over the threshold that applied (every near copy is at most 1): the order
-        in which to show pairs, since thresholds differ between training images."""
+        """Distance over the threshold that applied: <= 1 is a near copy; the order in which
+        to show pairs, since thresholds differ between training images."""
         return self.pixel_distance / np.maximum(self.applied_threshold, 1e-12)
 
 
@@ -356,8 +325,7 @@ def find_copies(synthetic: np.ndarray, train: np.ndarray | CopyIndex, threshold:
         summary = float(np.median(index.thresholds))
         source = (f"auto: per training image, the smaller of {CALIBRATION_MARGIN:g} x the largest distance of its "
                   f"own copies under {', '.join(CALIBRATION_EDITS)} and {NEIGHBOUR_CAP:g} x its distance to the "
-                  f"nearest other training image (median {summary:.4f}); and at most {DISTINCTNESS:g} x the distance "
-                  "to the next training image")
+                  f"nearest other training image (median {summary:.4f})")
     else:
         summary, source = float(threshold), "given (--copy_threshold)"
     neighbours = index.neighbour_distance[np.isfinite(index.neighbour_distance)]

@@ -104,7 +104,7 @@ def test_audit_flags_planted_copies(edit, train, index):
     copies = np.stack([copy_edits.apply(edit, image, rng) for image in train])
     audit = copy_detection.find_copies(copies, index)
     assert audit.near_copy.mean() >= 0.95, f"missed {edit} copies at ratio {np.sort(audit.closeness)[-3:]}"
-    assert (audit.closeness[audit.near_copy] <= 1).all()
+    assert np.array_equal(audit.near_copy, audit.closeness <= 1)
     assert (audit.nearest_index == np.arange(len(train))).mean() >= 0.95
 
 
@@ -137,30 +137,3 @@ def test_shortlist_is_the_same_however_the_queries_are_chunked(train, index, mon
     monkeypatch.setattr(copy_detection, "SHORTLIST_FLOATS", 1)  # one query per chunk
     assert np.array_equal(index.shortlist(train, exclude=np.arange(len(train))), whole)
     assert not (whole == np.arange(len(train))[:, None]).any()  # never the image itself
-
-
-def test_a_near_copy_stands_out_from_the_next_training_image(train):
-    """Recomputed over every training image (fewer than the shortlist): flagged exactly when
-    within the nearest image's threshold and at most DISTINCTNESS x the next distance."""
-    few = train[:9]
-    index = copy_detection.build_index(few)
-    rng = np.random.default_rng(2)
-    queries = np.concatenate([np.stack([copy_edits.apply("jpeg50+noise3", image, rng) for image in few[:4]]),
-                              lesions(3, 6)])
-    found = copy_detection.nearest_copies(queries, index)
-    everyone = np.tile(np.arange(9), (len(queries), 1))
-    distance = index.distances(queries, everyone)
-    for q in range(len(queries)):
-        best = np.argmin(distance[q] / index.thresholds)
-        second = np.sort(np.delete(distance[q], best))[0]
-        expected = distance[q, best] <= index.thresholds[best] and distance[q, best] <= copy_detection.DISTINCTNESS * second
-        assert (found.index[q], found.near_copy[q]) == (best, expected)
-    assert found.near_copy[:4].all()
-
-
-def test_a_training_image_listed_twice_still_catches_its_copies(train):
-    twice = np.concatenate([train[:10], train[:2]])
-    index = copy_detection.build_index(twice)
-    assert index.picture[10] == 0 and index.picture[11] == 1 and index.duplicates == 4
-    copies = np.stack([copy_edits.apply("jpeg85", image, np.random.default_rng(0)) for image in train[:2]])
-    assert copy_detection.nearest_copies(copies, index).near_copy.all()
