@@ -50,7 +50,7 @@ BATCH = 32
 SHORTLIST_FLOATS = 32 * 2 ** 20
 CALIBRATION_EDITS = ("jpeg50", "blur1", "noise3", "crop10%", "translate10%", "bright+10%",
                      "jpeg50+crop10%", "translate10%+jpeg50", "jpeg50+blur1", "jpeg50+noise3")
-CALIBRATION_MARGIN = 1.25
+CALIBRATION_MARGIN = 1.5
 # A threshold never reaches past this fraction of the distance from the image to its nearest
 # other training image: distinct pictures of the same kind come that close, so new images
 # will too (chosen on ph2-dev, BENCHMARKS.md).

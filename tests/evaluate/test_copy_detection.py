@@ -137,3 +137,11 @@ def test_shortlist_is_the_same_however_the_queries_are_chunked(train, index, mon
     monkeypatch.setattr(copy_detection, "SHORTLIST_FLOATS", 1)  # one query per chunk
     assert np.array_equal(index.shortlist(train, exclude=np.arange(len(train))), whole)
     assert not (whole == np.arange(len(train))[:, None]).any()  # never the image itself
+
+
+def test_a_training_image_listed_twice_still_catches_its_copies(train):
+    twice = np.concatenate([train[:10], train[:2]])
+    index = copy_detection.build_index(twice)
+    assert index.duplicates == 4 and np.isfinite(index.neighbour_distance).all()  # the twin is not the neighbour
+    copies = np.stack([copy_edits.apply("jpeg85", image, np.random.default_rng(0)) for image in train[:2]])
+    assert copy_detection.nearest_copies(copies, index).near_copy.all()
