@@ -19,9 +19,10 @@ change, so pixels are not compared as they are:
   linear in the number of training images.
 - threshold, per training image, calibrated on edited copies of the image itself: the
   largest distance of its copies under the hardest edits of `copy_edits`
-  (`CALIBRATION_EDITS`), times `CALIBRATION_MARGIN`. A textured image moves far under JPEG
-  and gets a wide threshold; a smooth one, whose distinct look-alikes are close, gets a
-  narrow one. A global threshold cannot do both (measured in BENCHMARKS.md).
+  (`CALIBRATION_EDITS`), times `CALIBRATION_MARGIN`, capped at `NEIGHBOUR_CAP` x its distance
+  to its nearest other training image. A textured image moves far under JPEG and gets a wide
+  threshold; a smooth one, whose distinct look-alikes are close, gets a narrow one. A global
+  threshold cannot do both (measured in BENCHMARKS.md).
 
 A synthetic image is a near copy when its distance to some training image is within that
 image's threshold. A feature-space cosine distance (from the evaluation's feature
