@@ -62,9 +62,10 @@ from ddpm_lesion.config import (
 )
 from ddpm_lesion.data import load_training_images
 from ddpm_lesion.dedupe import find_duplicates
+from ddpm_lesion.distributed import run_on_main_process, same_on_every_process
 from ddpm_lesion.errors import UserError
 from ddpm_lesion.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
-from ddpm_lesion.generation import run_on_main_process, distributed_state, generate
+from ddpm_lesion.generation import distributed_state, generate
 from ddpm_lesion.images import IMAGE_EXTENSIONS
 from ddpm_lesion.label_writer import check_can_add_columns, write_labels
 from ddpm_lesion.labels import LabelTable, find_images, read_labels, resolve_ids
@@ -425,7 +426,8 @@ def output_rows(table: LabelTable, scheme: ClassScheme, rows: list[int], labels:
 
 def balance(cfg: AnyBalanceConfig) -> BalancePlan:
     """Run (or resume) every stage; returns the plan. Every process returns."""
-    validate(cfg)
+    with same_on_every_process():
+        validate(cfg)
     layout = BalanceLayout(Path(cfg.output_dir))
     state = distributed_state()
     plan = run_on_main_process(state, lambda: prepare(cfg, layout, state.print))

@@ -12,8 +12,6 @@ import argparse
 import importlib
 import sys
 
-from ddpm_lesion.errors import UserError
-
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
@@ -27,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "Find the fewest sampling steps that keep a model's DDPM-50 quality; sample_ddpm.py then uses them."),
     "distill": ("ddpm_lesion.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
 }
+# Sub-commands that split their work across the processes of `accelerate launch`; the
+# others run on rank 0 alone when launched with several.
+MULTI_PROCESS = {"balance"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module_name).add_arguments(command_parser)
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    try:
-        return int(module.run(args) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from ddpm_lesion.distributed import global_rank, launched_processes, run_command  # imports torch: not for --help
+    if args.command not in MULTI_PROCESS and launched_processes() > 1:
+        if global_rank() != 0:
+            return 0  # one process does the work: several would each write the same files
+        print(f"note: ddpm-lesion {args.command} runs on one process; the other {launched_processes() - 1} "
+              "launched process(es) have nothing to do and exited.", file=sys.stderr)
+    return run_command(lambda: module.run(args))
