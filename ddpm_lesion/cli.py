@@ -41,12 +41,22 @@ def main(argv: list[str] | None = None) -> int:
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if chosen == [name]:
             importlib.import_module(module_name).add_arguments(command_parser)
+    if chosen and chosen[0] in COMMANDS and _left_to_rank_0(chosen[0]):
+        return 0  # before parsing: a usage error or --help is printed by rank 0 alone too
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    from ddpm_lesion.distributed import global_rank, launched_processes, run_command  # imports torch: not for --help
-    if args.command not in MULTI_PROCESS and launched_processes() > 1:
-        if global_rank() != 0:
-            return 0  # one process does the work: several would each write the same files
-        print(f"note: ddpm-lesion {args.command} runs on one process; the other {launched_processes() - 1} "
-              "launched process(es) have nothing to do and exited.", file=sys.stderr)
+    from ddpm_lesion.distributed import run_command  # imports torch: not for `ddpm-lesion --help`
     return run_command(lambda: module.run(args))
+
+
+def _left_to_rank_0(command: str) -> bool:
+    """True on the processes that leave a one-process sub-command to rank 0 when `accelerate
+    launch` started several: each would otherwise do all of the work and write the same files."""
+    from ddpm_lesion.distributed import global_rank, launched_processes
+
+    if command in MULTI_PROCESS or launched_processes() == 1:
+        return False
+    if global_rank() == 0:
+        print(f"note: ddpm-lesion {command} runs on one process; the other {launched_processes() - 1} "
+              "launched process(es) have nothing to do and exited.", file=sys.stderr)
+    return global_rank() != 0
