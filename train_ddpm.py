@@ -10,17 +10,17 @@
 import sys
 
 from ddpm_lesion.core.config import parse_config
-from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.distributed import run_command, same_on_every_process
 from ddpm_lesion.train.loop import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        train(parse_config(TrainConfig, argv, description=__doc__))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    def fine_tune() -> None:
+        with same_on_every_process():  # the same command line on every process
+            cfg = parse_config(TrainConfig, argv, description=__doc__)
+        train(cfg)
+
+    return run_command(fine_tune)
 
 
 if __name__ == "__main__":

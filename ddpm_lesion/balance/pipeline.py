@@ -58,6 +58,7 @@ from ddpm_lesion.core.config import (
     save_config,
     to_plain_dict,
 )
+from ddpm_lesion.core.distributed import run_on_main_process, same_on_every_process
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
 from ddpm_lesion.core.options import MixedPrecision, ReportTo
@@ -67,7 +68,7 @@ from ddpm_lesion.data.label_writer import check_can_add_columns, write_labels
 from ddpm_lesion.data.labels import SYNTHETIC_COLUMN, LabelTable, find_images, id_key, read_labels, resolve_ids
 from ddpm_lesion.data.training_images import load_training_images
 from ddpm_lesion.evaluate.copy_detection import DUPLICATE_DISTANCE
-from ddpm_lesion.sample.generation import distributed_state, generate, run_on_main_process
+from ddpm_lesion.sample.generation import distributed_state, generate
 from ddpm_lesion.sample.output_folder import OutputLayout
 from ddpm_lesion.sample.provenance import read_manifest
 from ddpm_lesion.sample.sample_config import SampleConfig
@@ -422,7 +423,8 @@ def output_rows(table: LabelTable, scheme: ClassScheme, rows: list[int], labels:
 
 def balance(cfg: AnyBalanceConfig) -> BalancePlan:
     """Run (or resume) every stage; returns the plan. Every process returns."""
-    validate(cfg)
+    with same_on_every_process():
+        validate(cfg)
     layout = BalanceLayout(Path(cfg.output_dir))
     state = distributed_state()
     plan = run_on_main_process(state, lambda: prepare(cfg, layout, state.print))

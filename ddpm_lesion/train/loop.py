@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from ddpm_lesion.core import run_files
 from ddpm_lesion.core.config import load_yaml, option, save_config, to_plain_dict
-from ddpm_lesion.core.distributed import check_process_count, use_cpu
+from ddpm_lesion.core.distributed import (
+    check_process_count,
+    main_process_first,
+    run_on_main_process,
+    same_on_every_process,
+    use_cpu,
+)
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
@@ -147,8 +153,10 @@ def validate(cfg: TrainConfig) -> None:
         parse_filter(expr)
 
 
-def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
-    """Refuse to mix two different runs in one folder; say which settings differ."""
+def prepare_run_dir(cfg: TrainConfig) -> None:
+    """Refuse to mix two different runs in one folder (say which settings differ), then claim
+    the folder by writing the configuration. Main process only (`run_on_main_process`): a
+    process that checked after the main one's write would find a run that is not there."""
     run = cfg.output_dir
     saved = run / run_files.TRAIN_CONFIG
     if saved.is_file() and not cfg.overwrite_output_dir:
@@ -159,10 +167,9 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
         if diffs:
             raise UserError(f"cannot resume the run in {run}: these settings differ from {saved}: "
                             + "; ".join(diffs) + ". Use the original values or a new --output_dir.")
-    if is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run)
-        save_config(cfg, saved)
+    run.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run)
+    save_config(cfg, saved)
 
 
 def parameter_groups(unet: UNet2DModel, cfg: TrainConfig) -> list[dict]:
@@ -222,11 +229,12 @@ class TrainingData:
 
 def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
     """Decode once (cached), validate, report, and keep the images on the device as uint8."""
-    images, report, _, classes = load_training_images(
+    # The main process decodes and caches; the others read its cache, or share its error.
+    images, report, _, classes = main_process_first(accelerator, lambda: load_training_images(
         cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
         cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
-        main_process_first=accelerator.main_process_first, class_column=cfg.class_column,
-    )
+        class_column=cfg.class_column,
+    ))
     class_names = sorted(set(classes)) if classes is not None else None
     if class_names is not None:
         report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
@@ -291,7 +299,8 @@ def record_step(state: checkpoints.TrainerState, finite: bool, max_bad_steps: in
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a fine-tune; returns the run folder, which then loads with
     `DDPMPipeline.from_pretrained(run)`."""
-    validate(cfg)
+    with same_on_every_process():
+        validate(cfg)
     run = cfg.output_dir
     accelerator = Accelerator(
         cpu=use_cpu(),
@@ -305,14 +314,14 @@ def train(cfg: TrainConfig) -> Path:
     say(f"ddpm-lesion: training on {accelerator.num_processes} process(es), device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}")
     if not cfg.dry_run:
-        prepare_run_dir(cfg, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
+        run_on_main_process(accelerator, lambda: prepare_run_dir(cfg))
 
     data = load_data(cfg, accelerator)
     if cfg.dry_run:
         say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
         return run
-    unet, noise_scheduler, ema = build_model(cfg, data.class_names, accelerator.device)
+    unet, noise_scheduler, ema = main_process_first(accelerator,
+                                                    lambda: build_model(cfg, data.class_names, accelerator.device))
     optimizer = build_optimizer(cfg, unet, accelerator.device)
     images, labels, class_names = data.images, data.labels, data.class_names
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
@@ -326,7 +335,7 @@ def train(cfg: TrainConfig) -> Path:
 
     state = checkpoints.TrainerState()
     if cfg.resume_from_checkpoint:
-        path = checkpoints.find_checkpoint(run, cfg.resume_from_checkpoint)
+        path = run_on_main_process(accelerator, lambda: checkpoints.find_checkpoint(run, cfg.resume_from_checkpoint))
         if path is None:
             say(f"no checkpoint in {run} yet: starting a fresh run")
         else:
@@ -414,7 +423,7 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
         micro_step = step * cfg.gradient_accumulation_steps + micro
         index = batching.micro_batch_indices(len(images), cfg.train_batch_size, micro_step, accelerator.process_index,
                                              accelerator.num_processes, cfg.seed)
-        generator = batching.micro_batch_generator(cfg.seed, micro_step, accelerator.process_index)
+        generator = batching.slot_generator(cfg.seed, micro_step, accelerator.process_index, accelerator.num_processes)
         clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
         clean = clean.contiguous(memory_format=torch.channels_last)
         class_labels = None
