@@ -66,8 +66,17 @@ def is_hub_id(name: str) -> bool:
 
 def resolve(name: str, revision: str | None = None) -> ModelSource:
     """The local files of `name`, a folder or a hub id (read from the Hugging Face cache, or
-    downloaded unless `HF_HUB_OFFLINE` is set). Raises `OSError`/`ValueError` when there is
-    nothing to load, for the caller to turn into its own message."""
+    downloaded unless `HF_HUB_OFFLINE` is set), with pickled weights checked. Raises
+    `OSError`/`ValueError` when there is nothing to load, for the caller to turn into its
+    own message, and `UserError` for weights that must not be read."""
+    source = locate(name, revision)
+    if source.weights is not None and source.weights.name == PICKLE_WEIGHTS:
+        check_pickle_weights(source.weights)
+    return source
+
+
+def locate(name: str, revision: str | None = None) -> ModelSource:
+    """`resolve` without reading the weights: for describing a model already loaded."""
     folder = _hub_snapshot(name, revision) if is_hub_id(name) else Path(name)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
@@ -80,10 +89,7 @@ def resolve(name: str, revision: str | None = None) -> ModelSource:
     scheduler = next((p for p in (folder / "scheduler" / SCHEDULER_CONFIG, folder / SCHEDULER_CONFIG) if p.is_file()),
                      None)
     in_cache = folder.parent.name == "snapshots"
-    source = ModelSource(name, folder, folder.name if in_cache else None, subfolder, scheduler)
-    if source.weights is not None and source.weights.name == PICKLE_WEIGHTS:
-        check_pickle_weights(source.weights)
-    return source
+    return ModelSource(name, folder, folder.name if in_cache else None, subfolder, scheduler)
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:

@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion import batching, checkpoints, tracking
+from ddpm_lesion import batching, checkpoints, model_card, tracking
 from ddpm_lesion.conditioning import add_class_embedding, drop_labels
 from ddpm_lesion.config import config_differences, load_yaml, option, save_config, to_plain_dict
 from ddpm_lesion.data import load_training_images
@@ -40,6 +40,7 @@ from ddpm_lesion.losses import augment, diffusion_loss
 from ddpm_lesion.model import check_resolution, load_noise_scheduler, load_unet
 from ddpm_lesion.sampling import (DEFAULT_SCHEDULER, DEFAULT_STEPS, SchedulerName, denoise, image_generators,
                                   initial_noise, make_scheduler)
+from ddpm_lesion.unet_presets import FROM_SCRATCH_WARNING, PRESETS, unet_from_config
 from ddpm_lesion.validation import CheckpointValidator
 from ddpm_lesion.validation import record as record_validation
 
@@ -71,8 +72,12 @@ class TrainConfig:
     class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
     label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
     # Model
-    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
+    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-church-256 for 128 px, google/ddpm-cifar10-32 for 32-64 px) or a local folder.")
     revision: str | None = option(None, "Hub revision of the pretrained model.")
+    model_config: str | None = option(None, "Train FROM SCRATCH instead of fine-tuning (a few hundred images will be "
+                                            "memorised): a preset (" + ", ".join(PRESETS) + ") or a UNet2DModel "
+                                            "config.json. Excludes --pretrained_model_name_or_path.",
+                                      metavar="PRESET|config.json")
     # Optimisation
     output_dir: Path | None = option(None, "Run folder: checkpoints, samples, logs, the final EMA pipeline.")
     seed: int = option(0, "Seed for data order, noise, timesteps and augmentation: same seed, same run.")
@@ -122,7 +127,7 @@ class TrainConfig:
 # Settings a resumed run must share with the run it continues; the rest (how long, how
 # often to save or log) may change between invocations.
 RESUME_INVARIANT = ["train_data_dir", "labels_csv", "label_filter", "id_column", "dataset_name", "resolution",
-                    "random_flip", "class_column", "label_dropout", "pretrained_model_name_or_path", "seed", "train_batch_size",
+                    "random_flip", "class_column", "label_dropout", "pretrained_model_name_or_path", "model_config", "seed", "train_batch_size",
                     "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "use_ema",
                     "mixed_precision"]
 
@@ -130,9 +135,14 @@ RESUME_INVARIANT = ["train_data_dir", "labels_csv", "label_filter", "id_column",
 def validate(cfg: TrainConfig) -> None:
     if cfg.output_dir is None:
         raise UserError("--output_dir is required: the run folder for checkpoints, samples and the final model.")
-    if cfg.pretrained_model_name_or_path is None:
-        raise UserError("--pretrained_model_name_or_path is required (a hub id such as google/ddpm-ema-imagenet-64 "
-                        "or a folder written by save_pretrained).")
+    if cfg.pretrained_model_name_or_path is None and cfg.model_config is None:
+        raise UserError("--pretrained_model_name_or_path is required: a hub id in the Hugging Face cache such as "
+                        "google/ddpm-ema-church-256 (128 px) or google/ddpm-cifar10-32 (32-64 px), or a folder "
+                        "written by save_pretrained. To train from scratch instead, pass --model_config "
+                        f"{'|'.join(PRESETS)}|config.json.")
+    if cfg.pretrained_model_name_or_path is not None and cfg.model_config is not None:
+        raise UserError("--pretrained_model_name_or_path and --model_config exclude each other: the first fine-tunes "
+                        "a pretrained model, the second trains a new one from scratch. Give one of them.")
     if cfg.train_data_dir is None and cfg.dataset_name is None:
         raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
@@ -239,10 +249,15 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
 
 def build_model(cfg: TrainConfig, class_names: list[str] | None,
                 device: torch.device) -> tuple[UNet2DModel, DDPMScheduler, EMAModel | None]:
-    """The pretrained UNet (plus a class embedding for a conditional run), its noise
-    schedule, and the EMA of its weights."""
-    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
-    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
+    """The pretrained UNet (or, with `--model_config`, a new one from the seed; plus a class
+    embedding for a conditional run), its noise schedule, and the EMA of its weights."""
+    if cfg.model_config is not None:
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+        unet = unet_from_config(cfg.model_config)
+        noise_scheduler = DDPMScheduler(num_train_timesteps=1000)  # diffusers' train_unconditional.py default
+    else:
+        unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
+        noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
     check_resolution(unet, cfg.resolution)
     if class_names is not None:
         unet = add_class_embedding(unet, len(class_names))
@@ -308,6 +323,11 @@ def train(cfg: TrainConfig) -> Path:
         say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
         return run
     unet, noise_scheduler, ema = build_model(cfg, data.class_names, accelerator.device)
+    if accelerator.is_main_process:
+        base = model_card.record_base_model(run, cfg.pretrained_model_name_or_path, cfg.revision, cfg.model_config,
+                                            accelerator.unwrap_model(unet), noise_scheduler)
+        if base.get("from_scratch"):
+            say(f"warning: {FROM_SCRATCH_WARNING}")
     optimizer = build_optimizer(cfg, unet, accelerator.device)
     images, labels, class_names = data.images, data.labels, data.class_names
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
@@ -374,6 +394,7 @@ def train(cfg: TrainConfig) -> Path:
                 if validator is not None:
                     validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
                                         class_names, progress.write)
+                    model_card.write_model_card(run)  # the best checkpoint so far, as soon as it is known
                     checkpoints.rotate_checkpoints(run, cfg.checkpoints_total_limit)  # a new best frees the old one
             progress.write(f"saved {path}")
         if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
@@ -386,6 +407,7 @@ def train(cfg: TrainConfig) -> Path:
 
     if accelerator.is_main_process:
         publish_final(run, max_steps)
+        model_card.write_model_card(run)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
             f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
     # Not `end_training()`: it also destroys the process group, which a caller such as
