@@ -31,8 +31,9 @@ def _load_error(name: str, err: Exception, what: str, consequence: str = "") -> 
     return UserError(
         f"could not load the {what} from {where}. Pass a folder written by `save_pretrained` "
         f"(it has model_index.json or config.json) or a hub id that is already in the cache "
-        f"(`huggingface-cli download {name}` on a machine with internet), e.g. google/ddpm-ema-church-256 "
-        f"(128 px and up) or google/ddpm-cifar10-32 (README: Pretrained starting points); or train from "
+        f"(`hf download {name}` on a machine with internet; `huggingface-cli download` before huggingface_hub "
+        f"0.34), e.g. google/ddpm-ema-church-256 (128 px) or google/ddpm-cifar10-32 (32-64 px), see the README's "
+        f"'Pretrained starting points'; or train from "
         f"scratch with --model_config. {consequence}Details: {type(err).__name__}: {err}"
     )
 

@@ -1,5 +1,5 @@
 """Stand-ins for the real pretrained DDPMs on the Hugging Face Hub, written into a temporary
-Hugging Face cache exactly as `huggingface-cli download` leaves them, so tests exercise the
+Hugging Face cache exactly as `hf download` leaves them, so tests exercise the
 loading path a user hits (`--pretrained_model_name_or_path google/ddpm-cifar10-32` with
 `HF_HUB_OFFLINE=1`) without a network or 600 MB of downloads.
 
