@@ -1,8 +1,8 @@
 """Fine-tune a pretrained DDPM (diffusers UNet2DModel + scheduler) on a folder of lesion images.
 
     accelerate launch train_ddpm.py --train_data_dir ISIC/images --labels_csv ISIC/labels.csv \
-        --label_filter target=1 --pretrained_model_name_or_path google/ddpm-ema-imagenet-64 \
-        --resolution 64 --output_dir runs/melanoma --use_ema --mixed_precision bf16
+        --label_filter target=1 --pretrained_model_name_or_path google/ddpm-ema-church-256 \
+        --resolution 128 --output_dir runs/melanoma --use_ema --mixed_precision bf16
 
 `python train_ddpm.py ...` works too on one device. Research use only; never clinical.
 """

@@ -239,9 +239,10 @@ def validate(cfg: AnyBalanceConfig) -> None:
     for name in ("train_data_dir", "labels_csv", "output_dir"):
         if getattr(cfg, name) is None:
             raise UserError(f"--{name} is required.")
-    if not cfg.dry_run and cfg.pretrained_model_name_or_path is None:
-        raise UserError("--pretrained_model_name_or_path is required (a hub id in the HF cache or a folder written "
-                        "by save_pretrained); --dry_run shows the plan without one.")
+    if not cfg.dry_run and cfg.pretrained_model_name_or_path is None and cfg.model_config is None:
+        raise UserError("--pretrained_model_name_or_path is required (a hub id in the HF cache such as "
+                        "google/ddpm-ema-church-256, or a folder written by save_pretrained); --dry_run shows the "
+                        "plan without one.")
     if Path(cfg.output_dir).resolve().is_relative_to(Path(cfg.train_data_dir).resolve()):
         raise UserError(f"--output_dir {cfg.output_dir} is inside --train_data_dir {cfg.train_data_dir}: the "
                         "synthetic images would be found as training images. Choose a folder outside it.")

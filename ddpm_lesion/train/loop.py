@@ -45,6 +45,7 @@ from ddpm_lesion.data.training_images import load_training_images
 from ddpm_lesion.evaluate.features import FeatureSpace
 from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
 from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet
+from ddpm_lesion.model.unet_presets import FROM_SCRATCH_WARNING, PRESETS, unet_from_config
 from ddpm_lesion.sample.samplers import (
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
@@ -54,7 +55,7 @@ from ddpm_lesion.sample.samplers import (
     initial_noise,
     make_scheduler,
 )
-from ddpm_lesion.train import batching, checkpoints, tracking
+from ddpm_lesion.train import batching, checkpoints, model_card, tracking
 from ddpm_lesion.train.checkpoint_kid import CheckpointValidator
 from ddpm_lesion.train.checkpoint_kid import record as record_validation
 from ddpm_lesion.train.losses import augment, diffusion_loss
@@ -79,8 +80,12 @@ class TrainConfig:
     class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
     label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
     # Model
-    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
+    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-church-256 for 128 px, google/ddpm-cifar10-32 for 32-64 px) or a local folder.")
     revision: str | None = option(None, "Hub revision of the pretrained model.")
+    model_config: str | None = option(None, "Train FROM SCRATCH instead of fine-tuning (a few hundred images will be "
+                                            "memorised): a preset (" + ", ".join(PRESETS) + ") or a UNet2DModel "
+                                            "config.json. Excludes --pretrained_model_name_or_path.",
+                                      metavar="PRESET|config.json")
     # Optimisation
     output_dir: Path | None = option(None, "Run folder: checkpoints, samples, logs, the final EMA pipeline.")
     seed: int = option(0, "Seed for data order, noise, timesteps and augmentation: same seed, same run.")
@@ -141,9 +146,14 @@ MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_step
 def validate(cfg: TrainConfig) -> None:
     if cfg.output_dir is None:
         raise UserError("--output_dir is required: the run folder for checkpoints, samples and the final model.")
-    if cfg.pretrained_model_name_or_path is None:
-        raise UserError("--pretrained_model_name_or_path is required (a hub id such as google/ddpm-ema-imagenet-64 "
-                        "or a folder written by save_pretrained).")
+    if cfg.pretrained_model_name_or_path is None and cfg.model_config is None:
+        raise UserError("--pretrained_model_name_or_path is required: a hub id in the Hugging Face cache such as "
+                        "google/ddpm-ema-church-256 (128 px) or google/ddpm-cifar10-32 (32-64 px), or a folder "
+                        "written by save_pretrained. To train from scratch instead, pass --model_config "
+                        f"{'|'.join(PRESETS)}|config.json.")
+    if cfg.pretrained_model_name_or_path is not None and cfg.model_config is not None:
+        raise UserError("--pretrained_model_name_or_path and --model_config exclude each other: the first fine-tunes "
+                        "a pretrained model, the second trains a new one from scratch. Give one of them.")
     if cfg.train_data_dir is None and cfg.dataset_name is None:
         raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
@@ -252,10 +262,15 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
 
 def build_model(cfg: TrainConfig, class_names: list[str] | None,
                 device: torch.device) -> tuple[UNet2DModel, DDPMScheduler, EMAModel | None]:
-    """The pretrained UNet (plus a class embedding for a conditional run), its noise
-    schedule, and the EMA of its weights."""
-    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
-    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
+    """The pretrained UNet (or, with `--model_config`, a new one from the seed; plus a class
+    embedding for a conditional run), its noise schedule, and the EMA of its weights."""
+    if cfg.model_config is not None:
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+        unet = unet_from_config(cfg.model_config)
+        noise_scheduler = DDPMScheduler(num_train_timesteps=1000)  # diffusers' train_unconditional.py default
+    else:
+        unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
+        noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
     check_resolution(unet, cfg.resolution)
     if class_names is not None:
         unet = add_class_embedding(unet, len(class_names))
@@ -322,6 +337,11 @@ def train(cfg: TrainConfig) -> Path:
         return run
     unet, noise_scheduler, ema = main_process_first(accelerator,
                                                     lambda: build_model(cfg, data.class_names, accelerator.device))
+    if accelerator.is_main_process:
+        base = model_card.record_base_model(run, cfg.pretrained_model_name_or_path, cfg.revision, cfg.model_config,
+                                            accelerator.unwrap_model(unet), noise_scheduler)
+        if base.get("from_scratch"):
+            say(f"warning: {FROM_SCRATCH_WARNING}")
     optimizer = build_optimizer(cfg, unet, accelerator.device)
     images, labels, class_names = data.images, data.labels, data.class_names
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
@@ -388,6 +408,7 @@ def train(cfg: TrainConfig) -> Path:
                 if validator is not None:
                     validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
                                         class_names, progress.write)
+                    model_card.write_model_card(run)  # the best checkpoint so far, as soon as it is known
                     checkpoints.rotate_checkpoints(run, cfg.checkpoints_total_limit)  # a new best frees the old one
             progress.write(f"saved {path}")
         if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
@@ -400,6 +421,7 @@ def train(cfg: TrainConfig) -> Path:
 
     if accelerator.is_main_process:
         publish_final(run, max_steps)
+        model_card.write_model_card(run)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
             f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
     # Not `end_training()`: it also destroys the process group, which a caller such as
