@@ -85,7 +85,14 @@ class SampleConfig:
     overwrite: bool = option(False, "Write into an output folder that holds other files or images made with "
                                     "other settings: deletes this tool's earlier outputs there (never other "
                                     "files) and starts over.")
-    report_to: ReportTo = option(ReportTo.NONE, "Also log the preview grids to wandb (honours WANDB_MODE).")
+    report_to: ReportTo = option(ReportTo.NONE, "Also log to wandb (honours WANDB_MODE=offline): the preview grids, "
+                                                "a table of generated images beside their nearest training image, "
+                                                "and the set as a dataset artifact linked to its model.")
+    tracker_project_name: str | None = option(None, "wandb project (default: $WANDB_PROJECT, else ddpm-lesion); "
+                                                    "the run joins its model's group there.")
+    log_images: int = option(64, "With --report_to wandb: generated images in the review table (the first N).")
+    upload_images: bool = option(False, "With --report_to wandb: upload copies of the PNGs in the dataset artifact "
+                                        "instead of referencing their paths and checksums.")
 
 
 # The options an image's pixels or name depend on; a folder may only be resumed with the same ones.
