@@ -107,8 +107,12 @@ def training_group(run_dir: Path, project: str | None) -> str:
 
 
 def train_init_kwargs(group: str, log_dir: Path) -> dict[str, Any]:
-    """Accelerate's `init_trackers(init_kwargs=...)` for the training run of `group`."""
-    return {"wandb": {"group": group, "job_type": JobType.TRAIN.value, "name": group, "dir": str(log_dir)}}
+    """Accelerate's `init_trackers(init_kwargs=...)` for the training run of `group`; its
+    files go to `$WANDB_DIR` when set (the user chose), else the run folder's `log_dir`."""
+    kwargs = {"group": group, "job_type": JobType.TRAIN.value, "name": group}
+    if not os.environ.get("WANDB_DIR"):
+        kwargs["dir"] = str(log_dir)
+    return {"wandb": kwargs}
 
 
 # ------------------------------------------------------------------ runs and artifacts

@@ -62,8 +62,7 @@ def _run_chain(tmp_path: Path):
                  str(tmp_path / "images"), "--output_dir", str(tmp_path / "report"), "--features", "pixels",
                  "--resolution", "16", "--kid_subsets", "5", "--kid_subset_size", "5",
                  "--report_to", "wandb"]) == 0
-    # training's run lives under RUN/logs, the others under WANDB_DIR
-    runs = offline_runs(tmp_path / "wandb-root") + offline_runs(run / "logs")
+    runs = offline_runs(tmp_path / "wandb-root")
     return {r.job_type: r for r in runs}, run
 
 
@@ -116,3 +115,35 @@ def test_review_tables(chain):
     assert len(pairs["data"]) == NUM_IMAGES
     distances = [row[5] for row in pairs["data"]]
     assert distances == sorted(distances)
+
+
+def test_project_flag_then_environment_then_default(monkeypatch):
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    assert wandb_review.project_name(None) == "ddpm-lesion"
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    assert wandb_review.project_name(None) == "from-env"
+    assert wandb_review.project_name("from-flag") == "from-flag"
+
+
+def test_group_of_a_checkpoint_is_its_training_run(tmp_path):
+    run = tmp_path / "melanoma"
+    (run / "checkpoint-40" / "pipeline").mkdir(parents=True)
+    (run / "train_config.yaml").write_text("seed: 0\n")
+    assert wandb_review.group_of(run / "checkpoint-40" / "pipeline") == "melanoma"
+    wandb_review.write_record(run, {"group": "renamed-later"})  # the recorded group wins over the folder name
+    assert wandb_review.group_of(run) == "renamed-later"
+    assert wandb_review.group_of("google/ddpm-ema-imagenet-64") == "ddpm-ema-imagenet-64"
+
+
+def test_changed_weights_are_not_declared_as_the_logged_model(tmp_path):
+    """After the weights change, the old artifact would be a false link: declare nothing
+    (the sha256 in the run config still names the weights)."""
+    run = save_tiny_pipeline(tmp_path / "run")
+    (run / "train_config.yaml").write_text("seed: 0\n")
+    logged = wandb_review.model_artifact("run", run)
+    wandb_review.write_record(run, {"group": "run", "models": {".": {"name": logged.name,
+                                                                     "digest": logged.manifest.digest()}}})
+    (run / "sampler.json").write_text("{}")  # pick-sampler's record beside the model is not the model
+    assert wandb_review.model_artifact("run", run).manifest.digest() == logged.manifest.digest()
+    save_tiny_pipeline(run, seed=1)  # retrained weights
+    assert wandb_review.declare_model(run=None, pipeline_dir=str(run)) is None
