@@ -140,7 +140,8 @@ def _pass_through(source: type, skip: set[str], script: str) -> list[tuple[str, 
 
 
 _TRAINING_OPTIONS = _pass_through(TrainConfig, _SET_FOR_TRAINING, "train_ddpm.py")
-# --seed, --mixed_precision and --report_to exist in both scripts: one flag (training's) sets both.
+# --seed, --mixed_precision, --report_to and --tracker_project_name exist in both scripts: one flag
+# (training's) sets both.
 _SAMPLING_OPTIONS = _pass_through(SampleConfig, _SET_FOR_SAMPLING | {name for name, _, _ in _TRAINING_OPTIONS},
                                   "sample_ddpm.py")
 BalanceConfig = dataclasses.make_dataclass("BalanceConfig", _TRAINING_OPTIONS + _SAMPLING_OPTIONS,
@@ -222,7 +223,8 @@ def sampling_config(cfg: AnyBalanceConfig, layout: BalanceLayout, plan_class: Cl
                         output_dir=generated.root, prefix=generated.prefix, num_images=plan_class.synthetic,
                         class_label=plan_class.name if conditional else None,
                         seed=class_seed(cfg.seed, plan_class.name), mixed_precision=MixedPrecision(precision),
-                        report_to=ReportTo.WANDB if cfg.report_to is ReportTo.WANDB else ReportTo.NONE)
+                        report_to=ReportTo.WANDB if cfg.report_to is ReportTo.WANDB else ReportTo.NONE,
+                        tracker_project_name=cfg.tracker_project_name)
 
 
 def class_seed(seed: int, class_name: str) -> int:

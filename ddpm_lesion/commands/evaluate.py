@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=Path, default=None, help="The fine-tuning images, for the copy check.")
     parser.add_argument("--report_to", choices=values(ReportTo, without=(ReportTo.TENSORBOARD,)), default=ReportTo.NONE.value,
                         help="Also log the metrics and pictures to this tracker (default: none).")
+    parser.add_argument("--tracker_project_name", default=None,
+                        help="wandb project (default: $WANDB_PROJECT, else ddpm-lesion); evaluating a sample_ddpm.py "
+                             "folder joins its model's group there.")
+    parser.add_argument("--log_images", type=int, default=64,
+                        help="With --report_to wandb: closest synthetic/training pairs in the review table "
+                             "(default: 64).")
     add_dataclass_arguments(parser, EvalConfig)
 
 
@@ -28,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if ReportTo(args.report_to) is ReportTo.WANDB:
-        log_to_wandb(result, args.output_dir, to_plain_dict(config))
+        log_to_wandb(result, args.output_dir, to_plain_dict(config), args.synthetic, args.train,
+                     args.tracker_project_name, args.log_images)
     primary = result["primary"]
     print(f"KID ({primary['feature_space']}) = {primary['value']:.5f} "
           f"[{primary['ci_low']:.5f}, {primary['ci_high']:.5f}]")

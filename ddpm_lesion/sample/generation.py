@@ -30,7 +30,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm_lesion.core import run_files
-from ddpm_lesion.core.config import to_plain_dict
 from ddpm_lesion.core.distributed import (
     SharedUserError,
     check_process_count,
@@ -139,7 +138,10 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     if state.is_main_process:
         summary.grids = finalize(layout, cfg.num_images, settings)
         if cfg.report_to is ReportTo.WANDB:
-            _log_to_wandb(cfg, summary)
+            from ddpm_lesion.sample import sample_review  # wandb and the copy audit only when asked for
+
+            sample_review.log_run(cfg, layout, summary.grids, summary.made, summary.images_per_second, source,
+                                  settings)
         state.print(_summary_text(summary, layout))
     return summary
 
@@ -389,17 +391,6 @@ class _BackgroundWriter:
                     self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-
-
-def _log_to_wandb(cfg: SampleConfig, summary: SampleSummary) -> None:
-    """Log the preview grids and throughput to a wandb run (offline with WANDB_MODE=offline)."""
-    import wandb
-
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ddpm-lesion"), job_type="sample",
-                     config=to_plain_dict(cfg))
-    run.log({**{path.stem: wandb.Image(str(path)) for path in summary.grids},
-             "images": summary.made, "images_per_second": summary.images_per_second})
-    run.finish()
 
 
 def _summary_text(summary: SampleSummary, layout: OutputLayout) -> str:

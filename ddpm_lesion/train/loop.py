@@ -25,7 +25,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion.core import run_files
+from ddpm_lesion.core import run_files, wandb_review
 from ddpm_lesion.core.config import load_yaml, option, save_config, to_plain_dict
 from ddpm_lesion.core.distributed import (
     check_process_count,
@@ -42,9 +42,10 @@ from ddpm_lesion.core.options import MixedPrecision, ReportTo, values
 from ddpm_lesion.core.resume_guard import resume_differences
 from ddpm_lesion.data.labels import parse_filter
 from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.evaluate import review_tables
 from ddpm_lesion.evaluate.features import FeatureSpace
 from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
-from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet
+from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet, read_best
 from ddpm_lesion.model.unet_presets import FROM_SCRATCH_WARNING, PRESETS, unet_from_config
 from ddpm_lesion.sample.samplers import (
     DEFAULT_SCHEDULER,
@@ -128,7 +129,12 @@ class TrainConfig:
     sample_inference_steps: int = option(DEFAULT_STEPS, "Steps of --sample_scheduler for the sample grids and the "
                                                         "checkpoint KID.")
     report_to: ReportTo = option(ReportTo.NONE, "Tracker for metrics and sample grids.")
-    tracker_project_name: str = option("ddpm-lesion", "wandb project / tensorboard run name.")
+    tracker_project_name: str | None = option(None, "wandb project / tensorboard run name (default: $WANDB_PROJECT, "
+                                                    "else ddpm-lesion); every command's runs of this model are "
+                                                    "grouped there under this run folder's name.")
+    log_model: bool = option(False, "With --report_to wandb: log the final EMA pipeline (and the best checkpoint) as "
+                                    "a `model` artifact, so samples and evaluations link to it. Off by default: "
+                                    "the weights are uploaded on sync and can be large.")
     logging_dir: str = option("logs", "Tracker folder, relative to --output_dir.")
     dry_run: bool = option(False, "Check the data and print the resolved configuration, then exit.")
 
@@ -140,7 +146,7 @@ MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_step
                         "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir", "save_images_steps",
                         "num_sample_images", "sample_scheduler", "sample_inference_steps", "validation_data_dir",
                         "validation_num_images", "validation_features", "gradient_checkpointing", "torch_compile",
-                        "max_bad_steps", "report_to", "tracker_project_name", "logging_dir", "dry_run"}
+                        "max_bad_steps", "report_to", "tracker_project_name", "log_model", "logging_dir", "dry_run"}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -253,11 +259,47 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
         write_text_atomic(cfg.output_dir / run_files.DATA_REPORT_TEXT, report.to_text() + "\n")
         write_text_atomic(cfg.output_dir / run_files.DATA_REPORT_JSON, json.dumps(report.to_dict(), indent=2))
         if cfg.report_to is not ReportTo.NONE:
-            accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
+            start_trackers(cfg, accelerator)
             tracking.log_text(accelerator, "data_report", report.to_text())
+            if cfg.report_to is ReportTo.WANDB:
+                _wandb_run(accelerator).log({"data_report/table": wandb_review.table(
+                    review_tables.DATA_REPORT_COLUMNS, review_tables.data_report_rows(report.to_dict()))})
     labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
               if class_names is not None else None)
     return TrainingData(images.to(accelerator.device), labels, class_names)
+
+
+def start_trackers(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """Open the trackers (main process only). wandb's run is named and grouped after the
+    run folder, job type train, its files under `--logging_dir` (`ddpm_lesion.core.wandb_review`)."""
+    project = wandb_review.project_name(cfg.tracker_project_name)
+    init_kwargs = {}
+    if cfg.report_to is ReportTo.WANDB:
+        log_dir = cfg.output_dir / cfg.logging_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        init_kwargs = wandb_review.train_init_kwargs(wandb_review.training_group(cfg.output_dir, project), log_dir)
+    accelerator.init_trackers(project, config=to_plain_dict(cfg), init_kwargs=init_kwargs)
+
+
+def _wandb_run(accelerator: Accelerator):
+    return accelerator.get_tracker("wandb", unwrap=True)
+
+
+def finish_wandb(cfg: TrainConfig, accelerator: Accelerator, step: int) -> None:
+    """The checkpoint-validation table and, with --log_model, the model artifact (final
+    EMA pipeline, alias final; best checkpoint, alias best): main process, end of training."""
+    run, best = _wandb_run(accelerator), read_best(cfg.output_dir)
+    best_step = None if best is None else best["step"]
+    rows = review_tables.validation_rows(cfg.output_dir, best_step)
+    if rows:
+        run.log({"validation/table": wandb_review.table(review_tables.VALIDATION_COLUMNS, rows)}, step=step)
+    if cfg.log_model:
+        pipelines = {".": (cfg.output_dir, ["final", f"step-{step}"])}
+        if best_step is not None:
+            key = f"{run_files.CHECKPOINT_PREFIX}{best_step}/{run_files.CHECKPOINT_PIPELINE}"
+            pipelines[key] = (cfg.output_dir / key, ["best", f"step-{best_step}"])
+        group = wandb_review.read_record(cfg.output_dir)["group"]  # written by start_trackers
+        wandb_review.log_models(run, cfg.output_dir, group, pipelines)
 
 
 def build_model(cfg: TrainConfig, class_names: list[str] | None,
@@ -422,6 +464,8 @@ def train(cfg: TrainConfig) -> Path:
     if accelerator.is_main_process:
         publish_final(run, max_steps)
         model_card.write_model_card(run)
+        if cfg.report_to is ReportTo.WANDB:
+            finish_wandb(cfg, accelerator, max_steps)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
             f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
     # Not `end_training()`: it also destroys the process group, which a caller such as
