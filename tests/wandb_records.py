@@ -56,6 +56,7 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     artifacts: list = field(default_factory=list)  # ArtifactRecord, in order
     history: list[dict] = field(default_factory=list)  # one dict per logged row (top-level keys, JSON values)
+    summary: dict = field(default_factory=dict)
     finished: bool = False  # the exit record is in the log
 
     def logged(self, key: str) -> list:
@@ -103,6 +104,8 @@ def read_run(folder: Path) -> OfflineRun:
             run.artifacts.append(record.artifact)
         elif kind == "history":
             run.history.append(_nested(record.history.item))
+        elif kind == "summary":
+            run.summary.update({u.key: json.loads(u.value_json) for u in record.summary.update})
         elif kind == "exit":
             run.finished = True
     return run

@@ -52,6 +52,7 @@ from ddpm_lesion.balance.plan import (
     training_rows,
 )
 from ddpm_lesion.balance.split import find_group_column, groups_in_several_splits
+from ddpm_lesion.core import wandb_review
 from ddpm_lesion.core.config import (
     load_yaml,
     option,
@@ -441,7 +442,20 @@ def balance(cfg: AnyBalanceConfig) -> BalancePlan:
     for plan_class in plan.to_generate:
         generate(sampling_config(cfg, layout, plan_class))
     run_on_main_process(state, lambda: collect(cfg, plan, layout, state.print))
+    if cfg.report_to is ReportTo.WANDB and state.is_main_process:
+        log_to_wandb(cfg, plan, layout)
     return plan
+
+
+def log_to_wandb(cfg: AnyBalanceConfig, plan: BalancePlan, layout: BalanceLayout) -> None:
+    """A `balance` run, grouped under the output folder's name (the group `utility` joins
+    when it judges this labels.csv): the plan per class, and the generated sets it used."""
+    rows = [[c.name, c.real, c.synthetic] for c in plan.classes]
+    wandb_review.log_command_run(
+        wandb_review.JobType.BALANCE, cfg.tracker_project_name, layout.root.resolve().name, to_plain_dict(cfg),
+        sample_sets=tuple(layout.generated(c).root for c in plan.to_generate),
+        scalars={"real_rows": sum(c.real for c in plan.classes), "synthetic_rows": sum(c.synthetic for c in plan.classes)},
+        tables={"plan/table": (["class", "real", "synthetic"], rows)})
 
 
 def models_to_train(plan: BalancePlan) -> list[ClassPlan | None]:

@@ -22,7 +22,9 @@ wandb is imported inside the functions that need it: nothing here loads it on th
 
 from __future__ import annotations
 
+import argparse
 import enum
+import importlib.util
 import json
 import os
 import re
@@ -31,7 +33,9 @@ from typing import Any
 
 from ddpm_lesion.core import run_files
 from ddpm_lesion.core.config import load_yaml
+from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import write_text_atomic
+from ddpm_lesion.core.options import ReportTo, values
 
 DEFAULT_PROJECT = "ddpm-lesion"
 PIPELINE_FILES = ("model_index.json", run_files.CLASS_LABELS)
@@ -55,6 +59,10 @@ def project_name(flag: str | None) -> str:
 def _slug(text: str) -> str:
     """An artifact name part: wandb allows letters, digits, '-', '_' and '.'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unnamed"
+
+
+def data_artifact_name(group: str) -> str:
+    return f"data-{_slug(group)}"
 
 
 def model_artifact_name(group: str) -> str:
@@ -113,6 +121,28 @@ def train_init_kwargs(group: str, log_dir: Path) -> dict[str, Any]:
     return {"wandb": kwargs}
 
 
+# ------------------------------------------------------------------ the commands' flags
+
+def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--report_to` and `--tracker_project_name` for a sub-command that logs one run."""
+    parser.add_argument("--report_to", choices=values(ReportTo, without=(ReportTo.TENSORBOARD,)),
+                        default=ReportTo.NONE.value,
+                        help=f"Also log {what} to this tracker (default: none; wandb honours WANDB_MODE=offline).")
+    parser.add_argument("--tracker_project_name", default=None,
+                        help=f"wandb project (default: $WANDB_PROJECT, else {DEFAULT_PROJECT}); the run joins its "
+                             "model's group there.")
+
+
+def wanted(report_to: str | ReportTo) -> bool:
+    """Does the command log to wandb? Checked before the work starts, so a missing package
+    fails in a second, not after an hour of sampling."""
+    if ReportTo(report_to) is not ReportTo.WANDB:
+        return False
+    if importlib.util.find_spec("wandb") is None:
+        raise UserError("--report_to wandb needs the wandb package. Fix: pip install wandb, or --report_to none.")
+    return True
+
+
 # ------------------------------------------------------------------ runs and artifacts
 
 def start_run(job_type: JobType, project: str | None, group: str | None, config: dict[str, Any],
@@ -165,6 +195,19 @@ def declare_input(run: Any, artifact: Any) -> None:
         run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
     else:
         run.use_artifact(artifact)
+
+
+def data_report_artifact(group: str, run_dir: Path) -> Any:
+    """The training data as the run found it (`data_report.json`/`.txt`: what was used,
+    skipped, converted): the first node of a model's lineage, data report -> model."""
+    import wandb
+
+    report = json.loads((run_dir / run_files.DATA_REPORT_JSON).read_text(encoding="utf-8"))
+    artifact = wandb.Artifact(data_artifact_name(group), type="dataset",
+                              metadata={key: report.get(key) for key in ("source", "rows", "found", "used")})
+    for name in (run_files.DATA_REPORT_JSON, run_files.DATA_REPORT_TEXT):
+        artifact.add_file(str(run_dir / name), name=name)
+    return artifact
 
 
 def declare_model(run: Any, pipeline_dir: str) -> str | None:
@@ -228,3 +271,24 @@ def table(columns: list[str], rows: list[list[Any]]) -> Any:
     import wandb
 
     return wandb.Table(columns=columns, data=rows)
+
+
+def log_command_run(job_type: JobType, project: str | None, group: str | None, config: dict[str, Any], *,
+                    models: tuple[str, ...] = (), sample_sets: tuple[Path, ...] = (),
+                    scalars: dict[str, float] | None = None, summary: dict[str, Any] | None = None,
+                    tables: dict[str, tuple[list[str], list[list[Any]]]] | None = None,
+                    images: dict[str, Path] | None = None) -> None:
+    """One run of a command that ends with a result (pick-sampler, utility, balance): it
+    declares the models and sample sets it read, then logs its numbers, tables and pictures."""
+    run = start_run(job_type, project, group, config)
+    for model in models:
+        declare_model(run, model)
+    for root in sample_sets:
+        if samples_folder_of(root) is not None:
+            declare_input(run, samples_artifact(root)[0])
+    logged: dict[str, Any] = dict(scalars or {})
+    logged.update({key: table(columns, rows) for key, (columns, rows) in (tables or {}).items()})
+    logged.update({key: image_cell(path) for key, path in (images or {}).items() if path.is_file()})
+    run.log(logged)
+    run.summary.update(summary or {})
+    run.finish()

@@ -218,7 +218,3 @@ def _memorization_summary(audit: CopyAudit, real_vs_train: np.ndarray, feature_s
 def _quantiles(values: np.ndarray) -> dict:
     return {"min": float(values.min()), "p1": float(np.percentile(values, 1)),
             "median": float(np.median(values)), "max": float(values.max())}
-
-
-# ------------------------------------------------------------------------ command line
-

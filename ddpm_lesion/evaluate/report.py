@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lesion.core import wandb_review
-from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.figures import figure_png, html_img, pyplot
 from ddpm_lesion.core.fileio import write_bytes_atomic, write_text_atomic
 from ddpm_lesion.core.grids import make_grid
@@ -181,16 +180,11 @@ def log_to_wandb(metrics: dict, output_dir: Path, config: dict, synthetic: Path,
     table to a run of job type `evaluate`; when the synthetic set is a `sample_ddpm.py`
     folder, the run joins its model's group and declares the samples it judged (honours
     WANDB_MODE=offline)."""
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("--report_to wandb needs the wandb package. Fix: pip install wandb, "
-                        "or --report_to none.") from None
     flat = {f"{space}/{name}": m["value"] for space, entry in metrics["feature_spaces"].items()
             for name, m in entry["metrics"].items() if m["value"] is not None}
     if metrics.get("memorization"):
         flat["memorization/copy_rate"] = metrics["memorization"]["copy_rate"]
-    images = {f"images/{path.stem}": wandb.Image(str(path)) for path in sorted(output_dir.glob("*.png"))}
+    images = {f"images/{path.stem}": wandb_review.image_cell(path) for path in sorted(output_dir.glob("*.png"))}
     samples = wandb_review.samples_folder_of(synthetic)
     artifact, group = wandb_review.samples_artifact(samples) if samples is not None else (None, None)
     run = wandb_review.start_run(wandb_review.JobType.EVALUATE, project, group, config)

@@ -13,7 +13,6 @@ precision) are resolved once, by the main process, before anything is planned (`
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from diffusers import SchedulerMixin, UNet2DModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion.core import run_files
+from ddpm_lesion.core import run_files, wandb_review
 from ddpm_lesion.core.distributed import (
     SharedUserError,
     check_process_count,
@@ -96,8 +95,7 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     Every process returns; the summary's grids are filled in on the main process only."""
     with same_on_every_process():
         validate(cfg)
-        if cfg.report_to is ReportTo.WANDB and importlib.util.find_spec("wandb") is None:
-            raise UserError("--report_to wandb needs the wandb package: pip install wandb (or use --report_to none).")
+        wandb_review.wanted(cfg.report_to)  # a missing wandb fails now, not after the sampling
         shard = parse_shard(cfg.shard)
     state = distributed_state()
     model = main_process_first(state, lambda: _load_model(cfg))

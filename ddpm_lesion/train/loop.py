@@ -262,8 +262,11 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
             start_trackers(cfg, accelerator)
             tracking.log_text(accelerator, "data_report", report.to_text())
             if cfg.report_to is ReportTo.WANDB:
-                _wandb_run(accelerator).log({"data_report/table": wandb_review.table(
+                run = _wandb_run(accelerator)
+                run.log({"data_report/table": wandb_review.table(
                     review_tables.DATA_REPORT_COLUMNS, review_tables.data_report_rows(report.to_dict()))})
+                group = wandb_review.read_record(cfg.output_dir)["group"]  # written by start_trackers
+                wandb_review.declare_input(run, wandb_review.data_report_artifact(group, cfg.output_dir))
     labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
               if class_names is not None else None)
     return TrainingData(images.to(accelerator.device), labels, class_names)
