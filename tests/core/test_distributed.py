@@ -24,7 +24,7 @@ from ddpm_lesion.core.distributed import (
     same_on_every_process,
 )
 from ddpm_lesion.core.errors import UserError
-from tests.helpers import save_tiny_pipeline, write_images
+from tests.helpers import EVALUATE_FAST, draw_folder, save_tiny_pipeline, write_images
 from tests.launch_utils import REPO, free_port, race_hook_env, run_script, script_env
 
 PEER_GONE = ("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:4010. This is typically "
@@ -166,15 +166,13 @@ def test_one_rank_ending_stops_the_other_promptly(inputs):
 
 @pytest.mark.slow
 def test_evaluate_launched_on_two_ranks_runs_once(tmp_path):
-    from test_evaluate import FAST, draw_folder
-
     draw_folder(tmp_path / "real", 1, 16)
     draw_folder(tmp_path / "synthetic", 3, 12, prefix="sample_")
     out = tmp_path / "report"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()),
                "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "-m", "ddpm_lesion", "evaluate", "--real", str(tmp_path / "real"),
-               "--synthetic", str(tmp_path / "synthetic"), "--output_dir", str(out), *FAST]
+               "--synthetic", str(tmp_path / "synthetic"), "--output_dir", str(out), *EVALUATE_FAST]
     env = script_env({**race_hook_env(tmp_path / "hook", delay_rank=0), "TORCH_HOME": str(tmp_path / "torch")})
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, combined(result)[-4000:]
