@@ -3,10 +3,11 @@
 ISIC releases list the same picture more than once (re-saved, resized, or under two ids).
 Fine-tuning on both copies doubles that image's weight and raises the chance the model
 reproduces it, so `ddpm-lesion balance --dedupe` leaves all but the first copy out of
-fine-tuning. The distance is `memorization`'s: cosine distance between 32x32 zero-mean
-descriptors, minimised over flips and 90-degree rotations. Its default threshold,
-`memorization.DUPLICATE_DISTANCE`, is the one the copy audit uses to call two training
-images "the same picture".
+fine-tuning. The distance is the whole-image one of `copy_detection`: cosine distance between
+32x32 zero-mean descriptors, minimised over flips and 90-degree rotations (no low-pass, no
+shift: only the same picture comes this close). Its default threshold,
+`copy_detection.DUPLICATE_DISTANCE`, is the one the copy audit uses to count training images
+that are "the same picture".
 """
 
 from __future__ import annotations

@@ -112,6 +112,9 @@ class BalanceOptions:
                                  "the output CSV); listed in the plan.")
     dedupe_threshold: float = option(DUPLICATE_DISTANCE, "With --dedupe: the copy distance (as `ddpm-lesion "
                                                          "evaluate`'s) at or below which two images are one picture.")
+    no_reject_copies: bool = option(False, "Keep generated images that are near copies of the class's training "
+                                           "images (by default each is replaced by a fresh one, as sample_ddpm.py "
+                                           "--reject_copies does; generated/<class>/rejected.csv lists them).")
     output_dir: Path | None = option(None, "Run folder: plan.json, model/, generated/, images/, labels.csv.")
     overwrite: bool = option(False, "Delete an earlier balance run's outputs in --output_dir and start over.")
     dry_run: bool = option(False, "Print the plan and stop.")
@@ -122,7 +125,7 @@ _SET_FOR_TRAINING = {"train_data_dir", "labels_csv", "label_filter", "id_column"
                      "dataset_config_name", "image_column", "class_column", "output_dir", "resume_from_checkpoint",
                      "overwrite_output_dir", "dry_run"}
 _SET_FOR_SAMPLING = {"model_dir", "checkpoint", "output_dir", "num_images", "class_label", "prefix", "shard",
-                     "overwrite"}
+                     "overwrite", "reject_copies", "train_csv", "label_filter", "id_column"}
 # What a resumed balance run may change (`ddpm_lesion.core.resume_guard`): how often to save or log, not
 # what is made.
 MAY_CHANGE_ON_RESUME = {"dry_run", "overwrite", "cache_dir", "report_to", "tracker_project_name", "logging_dir",
@@ -225,7 +228,18 @@ def sampling_config(cfg: AnyBalanceConfig, layout: BalanceLayout, plan_class: Cl
                         class_label=plan_class.name if conditional else None,
                         seed=class_seed(cfg.seed, plan_class.name), mixed_precision=MixedPrecision(precision),
                         report_to=ReportTo.WANDB if cfg.report_to is ReportTo.WANDB else ReportTo.NONE,
-                        tracker_project_name=cfg.tracker_project_name)
+                        tracker_project_name=cfg.tracker_project_name,
+                        **_copy_check(cfg, layout, plan_class))
+
+
+def _copy_check(cfg: AnyBalanceConfig, layout: BalanceLayout, plan_class: ClassPlan) -> dict[str, Any]:
+    """The sampler's --reject_copies options: the class's own training rows (the images a
+    class-conditional or per-class model most plausibly copies when asked for that class;
+    checking every class would cost an index of the whole training set per class)."""
+    if cfg.no_reject_copies:
+        return {}
+    return {"reject_copies": cfg.train_data_dir, "train_csv": layout.train_rows, "id_column": ROWS_ID,
+            "label_filter": [f"{ROWS_CLASS}={plan_class.name}"]}
 
 
 def class_seed(seed: int, class_name: str) -> int:

@@ -22,7 +22,7 @@ from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.version import __version__
 from ddpm_lesion.data.evaluation_sets import ImageSet, load_image_set
 from ddpm_lesion.evaluate import metrics
-from ddpm_lesion.evaluate.copy_detection import DESCRIPTOR_SIZE, CopyAudit, find_copies, pixel_nearest
+from ddpm_lesion.evaluate.copy_detection import CopyAudit, Nearest, build_index, find_copies, nearest_copies
 from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, extract, resolve_extractors
 from ddpm_lesion.evaluate.report import write_report
 
@@ -40,10 +40,9 @@ class EvalConfig:
     kid_subsets: int = option(50, "Random subsets for KID and its interval.")
     kid_subset_size: int = option(100, "Images per KID subset (capped at the smaller set).")
     nearest_k: int = option(5, "k of the k-NN balls for precision/recall/density/coverage.")
-    copy_threshold: str = option("auto", "Near-copy pixel-distance threshold, or auto (calibrated on the train set).",
+    copy_threshold: str = option("auto", "Near-copy alignment-distance threshold, or auto (per training image, "
+                                 "calibrated on its own edited copies; README 'What counts as a copy').",
                                  metavar="auto|FLOAT")
-    copy_percentile: float = option(1.0, "For --copy_threshold auto: the threshold is half this percentile of the "
-                                    "training images' distances to their nearest other training image.")
     real_csv: Path | None = option(None, "Labels CSV selecting the real images (with --label_filter).", metavar="CSV")
     train_csv: Path | None = option(None, "Labels CSV selecting the training images (with --label_filter).",
                                     metavar="CSV")
@@ -172,9 +171,9 @@ def evaluate_folders(real: Path, synthetic: Path, train: Path | None = None, con
     else:
         primary = extractors[0]
         train_feats = extract(primary, sets["train"].pixels, config.batch_size)
-        audit = find_copies(sets["synthetic"].pixels, sets["train"].pixels, threshold,
-                            config.copy_percentile, synthetic_feats[primary.key], train_feats)
-        _, real_vs_train = pixel_nearest(sets["real"].pixels, sets["train"].pixels)
+        index = build_index(sets["train"].pixels)
+        audit = find_copies(sets["synthetic"].pixels, index, threshold, synthetic_feats[primary.key], train_feats)
+        real_vs_train = nearest_copies(sets["real"].pixels, index, threshold)
         memorization = _memorization_summary(audit, real_vs_train, primary.key, len(train_feats))
         if audit.train_duplicates:
             warnings.append(f"train: {audit.train_duplicates} training images are (near-)exact duplicates of another "
@@ -196,22 +195,23 @@ def evaluate_folders(real: Path, synthetic: Path, train: Path | None = None, con
         "warnings": warnings,
     }
     if output_dir is not None:
-        write_report(Path(output_dir), result, sets["real"], sets["synthetic"], sets["train"], audit, real_vs_train)
+        write_report(Path(output_dir), result, sets["real"], sets["synthetic"], sets["train"], audit,
+                     real_vs_train.distance if real_vs_train is not None else None)
     return result
 
 
-def _memorization_summary(audit: CopyAudit, real_vs_train: np.ndarray, feature_space: str, n_train: int) -> dict:
+def _memorization_summary(audit: CopyAudit, real_vs_train: Nearest, feature_space: str, n_train: int) -> dict:
     return {
         "n_synthetic": len(audit.near_copy), "n_train": n_train, "n_near_copies": int(audit.near_copy.sum()),
         "copy_rate": audit.copy_rate, "threshold": audit.threshold, "threshold_source": audit.threshold_source,
         "train_duplicates": audit.train_duplicates,
-        "pixel_distance": f"1 - cos of {DESCRIPTOR_SIZE}x{DESCRIPTOR_SIZE} RGB, per-channel zero-mean, unit norm, "
-                          "min over the 8 flips/rotations",
+        "pixel_distance": "1 - cos of 24x24 windows of the 32x32 low-passed RGB image, per-channel zero-mean, unit "
+                          "norm, min over 8 flips/rotations, shifts and zooms up to 12.5%",
         "feature_space": f"{feature_space} cosine distance",
         "synthetic_vs_train_distance": _quantiles(audit.pixel_distance),
-        "train_vs_train_distance": _quantiles(audit.train_nn_distance),
-        "real_vs_train": {"n": len(real_vs_train), "n_near_copies": int((real_vs_train <= audit.threshold).sum()),
-                          "distance": _quantiles(real_vs_train)},
+        "train_vs_train_distance": _quantiles(audit.train_nn_distance) if len(audit.train_nn_distance) else None,
+        "real_vs_train": {"n": len(real_vs_train.distance), "n_near_copies": int(real_vs_train.near_copy.sum()),
+                          "distance": _quantiles(real_vs_train.distance)},
     }
 
 

@@ -2,44 +2,73 @@
 
 Diffusion models fine-tuned on a few hundred images can reproduce training images
 (Carlini et al. 2023, "Extracting Training Data from Diffusion Models"; Somepalli et al.
-2023, "Diffusion Art or Digital Forgery?"). A copy can come back flipped or rotated — the
-training augmentations — so the comparison is made invariant to those:
+2023, "Diffusion Art or Digital Forgery?"). A copy may come back flipped or rotated (the
+training augmentations), re-encoded, blurred, noisier, recoloured a little, shifted or
+zoomed a little (`copy_edits` lists what the detector is measured against). On real
+dermoscopy the texture is low-contrast and high-frequency, exactly what JPEG, blur and noise
+change, so pixels are not compared as they are:
 
-- copy descriptor: the image shrunk to 32x32 RGB, each channel's mean removed (robust to
-  colour shifts), the whole vector scaled to unit norm (robust to contrast);
-- pixel distance: cosine distance 1 - cos between descriptors, minimised over the 8
-  dihedral transforms (flips and 90° rotations) of the synthetic image;
-- threshold: calibrated on the training set itself — half the `percentile`-th percentile
-  (default 1st) of each training image's distance to its nearest *other* training image
-  (same dihedral minimum). A synthetic image twice as close to a training image as the
-  closest distinct training pairs are to each other is flagged as a near copy. The factor
-  1/2 is a margin: without it, with a few hundred images, the percentile is close to the
-  single closest pair, and a new image of the same kind lands below it a few % of the time
-  (measured on procedural lesions: 0-8 %, against 0 % with the margin); flips, rotations,
-  JPEG recompression and mild colour jitter stay far below it (about 0.01 against a
-  threshold of 0.03-0.06).
+- alignment distance: both images area-resized to 32x32 and low-passed (Gaussian,
+  sigma = `LOWPASS_SIGMA` px, which JPEG blocks, blur and grey-level noise hardly survive);
+  the query's central 24x24 window (each channel's mean removed, unit norm: blind to
+  brightness and contrast) is matched against every 24x24 window of the training image
+  at zoom 1, 1.06 and 1.125 (shifts up to +-4..6 px: translations and crops of up to 10%),
+  for each of the query's 8 flips/rotations; distance = 1 - the best cosine similarity.
+- shortlist: that search is run only against the `SHORTLIST` training images most similar
+  at a coarse scale (sigma 2 px, 16x16, +-4 px shifts, 8 flips/rotations), which keeps it
+  linear in the number of training images.
+- threshold, per training image, calibrated on edited copies of the image itself: the
+  largest distance of its copies under the hardest edits of `copy_edits`
+  (`CALIBRATION_EDITS`), times `CALIBRATION_MARGIN`, capped at `NEIGHBOUR_CAP` x its distance
+  to its nearest other training image. A textured image moves far under JPEG and gets a wide
+  threshold; a smooth one, whose distinct look-alikes are close, gets a narrow one. A global
+  threshold cannot do both (measured in BENCHMARKS.md).
 
-A feature-space cosine distance (from the evaluation's feature extractor) is reported
-beside it as a second opinion; the flag uses the pixel distance, which is the one that
-does not forgive a copy for being a plausible image.
+A synthetic image is a near copy when its distance to some training image is within that
+image's threshold and at most `DISTINCTNESS` x its distance to the next training image that
+is not the same picture. A feature-space cosine distance (from the evaluation's feature
+extractor) is reported beside it as a second opinion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddpm_lesion.evaluate import copy_edits
+
 DESCRIPTOR_SIZE = 32
-DEFAULT_PERCENTILE = 1.0
-CALIBRATION_MARGIN = 0.5
+WINDOW = 24
+ZOOM_SIZES = (32, 34, 36)
+LOWPASS_SIGMA = 1.0
+COARSE_SIGMA = 2.0
+SHORTLIST = 10
+# Queries searched in one grouped convolution: ~40 MB of intermediate sums at K = 10.
+BATCH = 32
+SHORTLIST_FLOATS = 32 * 2 ** 20
+CALIBRATION_EDITS = ("jpeg50", "blur1", "noise3", "crop10%", "translate10%", "bright+10%",
+                     "jpeg50+crop10%", "translate10%+jpeg50", "jpeg50+blur1", "jpeg50+noise3")
+CALIBRATION_MARGIN = 1.5
+# A threshold never reaches past this fraction of the distance from the image to its nearest
+# other training image: distinct pictures of the same kind come that close, so new images
+# will too (chosen on ph2-dev, BENCHMARKS.md).
+NEIGHBOUR_CAP = 1.0
+# With the calibrated thresholds, a near copy must also be at most this fraction of its
+# distance to the next training image (not the same picture) of the shortlist: a copy stands
+# out from the crowd, a new image in a crowded region does not (Lowe's ratio test; chosen on
+# ph2-dev, BENCHMARKS.md).
+DISTINCTNESS = 0.8
 # Training images this close to another training image are the same picture (re-saved,
-# resized, listed twice — ISIC releases overlap). They are left out of the calibration,
-# which would otherwise put the threshold at ~0 and let every edited copy through.
+# resized, listed twice — ISIC releases overlap); the audit reports how many there are.
 DUPLICATE_DISTANCE = 1e-3
 
+
+# ------------------------------------------------------------ whole-image descriptors
+# (the exact-duplicate finder of `balance --dedupe` uses these: no alignment, no low-pass)
 
 def copy_descriptors(images: np.ndarray, size: int = DESCRIPTOR_SIZE) -> np.ndarray:
     """uint8 `(N, H, W, 3)` -> `(N, 3*size*size)`: area-resized, per-channel zero-mean, unit-norm."""
@@ -57,20 +86,6 @@ def dihedral_descriptors(images: np.ndarray, size: int = DESCRIPTOR_SIZE) -> np.
     return np.stack(variants, axis=1)
 
 
-def _cosine_similarity(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """`(N, M)` best cosine similarity of each query (or of its best variant, for `(N, T, D)`
-    queries) with each bank row."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
-
-    queries = unit(queries)
-    if queries.ndim == 2:
-        queries = queries[:, None, :]
-    n, variants, dim = queries.shape
-    return (queries.reshape(n * variants, dim) @ unit(bank).T).reshape(n, variants, -1).max(axis=1)
-
-
 def nearest_train(synthetic_feats: np.ndarray, train_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each synthetic row, the index of the nearest training row and its cosine distance.
 
@@ -82,31 +97,224 @@ def nearest_train(synthetic_feats: np.ndarray, train_feats: np.ndarray) -> tuple
     Returns:
         `(idx, dist)`, both `(N,)`: `dist = 1 - cos` in [0, 2].
     """
-    similarity = _cosine_similarity(synthetic_feats, train_feats)
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+    queries = unit(synthetic_feats)
+    if queries.ndim == 2:
+        queries = queries[:, None, :]
+    n, variants, dim = queries.shape
+    similarity = (queries.reshape(n * variants, dim) @ unit(train_feats).T).reshape(n, variants, -1).max(axis=1)
     index = similarity.argmax(axis=1)
     return index, np.clip(1.0 - similarity[np.arange(len(index)), index], 0.0, 2.0)
 
 
-def pixel_nearest(images: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest training image of each uint8 `(N, H, W, 3)` image by the copy-sensitive pixel
-    distance (dihedral minimum): `(idx, dist)`."""
-    return nearest_train(dihedral_descriptors(images), copy_descriptors(train))
+# ------------------------------------------------------------------ alignment distance
+
+def _lowpass(images: np.ndarray, sigma: float) -> torch.Tensor:
+    """uint8 `(N, H, W, 3)` -> float `(N, 3, 32, 32)`, area-resized, Gaussian-blurred
+    (edges replicated)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    if tensor.shape[-2:] != (DESCRIPTOR_SIZE, DESCRIPTOR_SIZE):
+        tensor = F.adaptive_avg_pool2d(tensor, DESCRIPTOR_SIZE)
+    radius = int(np.ceil(3 * sigma))
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    taps = (taps / taps.sum()).repeat(3, 1, 1, 1)
+    tensor = F.pad(tensor, (radius,) * 4, mode="replicate")
+    tensor = F.conv2d(tensor, taps.view(3, 1, 1, -1), groups=3)
+    return F.conv2d(tensor, taps.view(3, 1, -1, 1), groups=3)
 
 
-def train_self_distances(train_variants: np.ndarray) -> np.ndarray:
-    """`(M,)` distance from each training image (`(M, T, D)` variants, variant 0 the image
-    itself) to its nearest *other* training image: the calibration distribution."""
-    if len(train_variants) < 2:
-        raise ValueError("calibrating the copy threshold needs at least 2 training images")
-    similarity = _cosine_similarity(train_variants, train_variants[:, 0])
-    np.fill_diagonal(similarity, -np.inf)
-    return np.clip(1.0 - similarity.max(axis=1), 0.0, 2.0)
+def _unit(windows: torch.Tensor) -> torch.Tensor:
+    """`(..., 3, h, w)` -> `(..., 3*h*w)`: each channel's mean removed, unit norm."""
+    flat = (windows - windows.mean(dim=(-2, -1), keepdim=True)).flatten(-3)
+    return flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def _dihedral(images: torch.Tensor) -> torch.Tensor:
+    """`(N, C, h, w)` -> `(N, 8, C, h, w)`: the 4 rotations of each image and of its mirror image."""
+    return torch.stack([torch.rot90(oriented, k, dims=(-2, -1))
+                        for oriented in (images, images.flip(-1)) for k in range(4)], dim=1)
+
+
+def _centre(images: torch.Tensor, size: int) -> torch.Tensor:
+    offset = (images.shape[-1] - size) // 2
+    return images[..., offset:offset + size, offset:offset + size]
+
+
+def _window_similarity(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Best cosine similarity of any of query b's unit `(V, 3, w, w)` windows with any
+    `w x w` window of each of its candidate images: queries `(B, V, 3, w, w)`, candidates
+    `(B, K, 3, s, s)` -> `(B, K)`.
+
+    The windows' dot products are one grouped convolution (a group per query); their norms
+    (after removing each channel's mean) come from box sums of the image and of its square,
+    so no window is materialised.
+    """
+    batch, variants, _, size, _ = queries.shape
+    k, side = candidates.shape[1], candidates.shape[-1]
+    stacked = candidates.transpose(0, 1).reshape(k, batch * 3, side, side)
+    dots = F.conv2d(stacked, queries.reshape(batch * variants, 3, size, size), groups=batch)
+    box = torch.ones(batch * 3, 1, size, size)
+    total = F.conv2d(stacked, box, groups=batch * 3)
+    squares = F.conv2d(stacked * stacked, box, groups=batch * 3)
+    spread = (squares - total * total / size ** 2).view(k, batch, 3, *total.shape[-2:]).sum(dim=2)
+    similarity = dots.view(k, batch, variants, *dots.shape[-2:]) / spread.clamp_min(1e-6).sqrt()[:, :, None]
+    return similarity.flatten(2).amax(dim=2).T
+
+
+def _aligned_distance(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Alignment distance of low-passed queries `(B, V, 3, 32, 32)` (V variants each) to
+    their low-passed candidates `(B, K, 3, 32, 32)`: `(B, K)`."""
+    windows = _unit(_centre(queries, WINDOW)).view(*queries.shape[:3], WINDOW, WINDOW)
+    best = torch.full(candidates.shape[:2], -1.0)
+    for size in ZOOM_SIZES:
+        zoomed = candidates if size == DESCRIPTOR_SIZE else F.interpolate(
+            candidates.flatten(0, 1), size=size, mode="bilinear", align_corners=False).view(
+            *candidates.shape[:3], size, size)
+        best = torch.maximum(best, _window_similarity(windows, zoomed))
+    return (1.0 - best).clamp(0.0, 2.0)
+
+
+def _coarse_windows(images: np.ndarray) -> torch.Tensor:
+    """`(N, 25, D)` unit 12x12 windows of the sigma-2 low-pass at 16x16: the shortlist's bank."""
+    small = F.avg_pool2d(_lowpass(images, COARSE_SIGMA), 2)
+    columns = F.unfold(small, 12).view(len(images), 3, 144, -1).permute(0, 3, 1, 2)
+    return _unit(columns.reshape(len(images), -1, 3, 12, 12))
+
+
+def _coarse_queries(images: np.ndarray) -> torch.Tensor:
+    """`(N, 8, D)` unit central 12x12 coarse windows of each image's 8 flips/rotations."""
+    small = F.avg_pool2d(_lowpass(images, COARSE_SIGMA), 2)
+    return _unit(_centre(_dihedral(small), 12))
+
+
+# ------------------------------------------------------------------------ the index
+
+@dataclass(frozen=True)
+class CopyIndex:
+    """Training images prepared for copy search: low-passed pixels, the shortlist's
+    coarse windows, each image's copy threshold, and its distance to its nearest other
+    training image (exact duplicates, closer than `DUPLICATE_DISTANCE`, not counted)."""
+
+    pixels: torch.Tensor
+    coarse: torch.Tensor
+    thresholds: np.ndarray
+    neighbour_distance: np.ndarray
+    duplicates: int
+    picture: np.ndarray  # images with the same number are the same picture (exact duplicates)
+
+    def shortlist(self, images: np.ndarray, exclude: np.ndarray | None = None, k: int = SHORTLIST) -> np.ndarray:
+        """`(N, k)` training indices most similar to each image at the coarse scale;
+        `exclude[i]` (a training index) is never listed for image i."""
+        queries = _coarse_queries(images)
+        available = len(self.coarse) - (exclude is not None)
+        # Queries per chunk: the (chunk, M, 8, 25) similarity stays under ~32 M floats.
+        chunk = max(1, SHORTLIST_FLOATS // (len(self.coarse) * queries.shape[1] * self.coarse.shape[1]))
+        picked = []
+        for start in range(0, len(images), chunk):
+            similarity = torch.einsum("nvd,mgd->nmvg", queries[start:start + chunk], self.coarse).flatten(2).amax(dim=2)
+            if exclude is not None:
+                rows = torch.arange(len(similarity))
+                similarity[rows, torch.as_tensor(exclude[start:start + chunk])] = -np.inf
+            picked.append(similarity.topk(min(k, available), dim=1).indices)
+        return torch.cat(picked).numpy() if picked else np.zeros((0, min(k, available)), dtype=np.int64)
+
+    def distances(self, images: np.ndarray, candidates: np.ndarray, orientations: bool = True) -> np.ndarray:
+        """`(N, K)` alignment distance of each image to each of its `(N, K)` candidates;
+        `orientations=False` skips the flips/rotations (for copies known not to have any)."""
+        low = _lowpass(images, LOWPASS_SIGMA)
+        variants = _dihedral(low) if orientations else low[:, None]
+        chunks = [_aligned_distance(variants[start:start + BATCH], self.pixels[candidates[start:start + BATCH]])
+                  for start in range(0, len(images), BATCH)]
+        return torch.cat(chunks).numpy() if chunks else np.zeros(candidates.shape)
+
+
+def build_index(train: np.ndarray, margin: float = CALIBRATION_MARGIN,
+                edits: Sequence[str] = CALIBRATION_EDITS, seed: int = 0) -> CopyIndex:
+    """Index uint8 `(M, H, W, 3)` training images and calibrate each one's copy threshold:
+    `margin` x the largest alignment distance from the image to its own copies under
+    `edits` (random parts of the edits drawn from `seed` and the image's position, so the
+    thresholds are reproducible), capped at `NEIGHBOUR_CAP` x its distance to its nearest
+    other training image."""
+    if len(train) == 0:
+        raise ValueError("copy detection needs at least 1 training image")
+    nothing = np.zeros(len(train))
+    index = CopyIndex(_lowpass(train, LOWPASS_SIGMA), _coarse_windows(train), nothing, nothing, 0,
+                      np.arange(len(train)))
+    own = np.arange(len(train))[:, None]
+    radius = np.zeros(len(train))
+    for number, name in enumerate(edits):
+        copies = np.stack([copy_edits.apply(name, image, np.random.default_rng([seed, number, i]))
+                           for i, image in enumerate(train)])
+        radius = np.maximum(radius, index.distances(copies, own, orientations=False)[:, 0])
+    neighbour, duplicates, picture = np.full(len(train), np.inf), 0, np.arange(len(train))
+    if len(train) > 1:
+        candidates = index.shortlist(train, exclude=np.arange(len(train)))
+        others = index.distances(train, candidates)
+        duplicates = int((others.min(axis=1) <= DUPLICATE_DISTANCE).sum())
+        neighbour = np.where(others > DUPLICATE_DISTANCE, others, np.inf).min(axis=1)
+        picture = _same_picture_groups(candidates, others <= DUPLICATE_DISTANCE)
+    thresholds = np.minimum(margin * radius, NEIGHBOUR_CAP * neighbour)
+    return CopyIndex(index.pixels, index.coarse, thresholds, neighbour, duplicates, picture)
+
+
+def _same_picture_groups(candidates: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """`(M,)` group number (its smallest member) of each training image, joining image i and
+    `candidates[i, j]` wherever `same[i, j]` (union-find)."""
+    parent = np.arange(len(candidates))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(same)):
+        a, b = root(i), root(int(candidates[i, j]))
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(len(parent))])
 
 
 @dataclass
+class Nearest:
+    """Per query: the training image it is nearest to relative to that image's threshold,
+    the distance, that threshold, and the verdict."""
+
+    index: np.ndarray
+    distance: np.ndarray
+    threshold: np.ndarray
+    near_copy: np.ndarray
+
+
+def nearest_copies(images: np.ndarray, index: CopyIndex, threshold: float | None = None,
+                   exclude: np.ndarray | None = None) -> Nearest:
+    """Audit uint8 `(N, H, W, 3)` images against an index. With `threshold=None` each
+    training image's own calibrated threshold applies, the nearest training image is the one
+    with the smallest distance/threshold ratio, and a near copy must also pass the
+    `DISTINCTNESS` test; with a number, that one threshold alone decides and the nearest is
+    the one at the smallest distance."""
+    candidates = index.shortlist(images, exclude)
+    distance = index.distances(images, candidates)
+    limits = index.thresholds[candidates] if threshold is None else np.full(candidates.shape, float(threshold))
+    best = np.argmin(distance / np.maximum(limits, 1e-12), axis=1)
+    rows = np.arange(len(images))
+    nearest, closest, limit = candidates[rows, best], distance[rows, best], limits[rows, best]
+    near_copy = closest <= limit
+    if threshold is None:
+        other_pictures = index.picture[candidates] != index.picture[nearest][:, None]
+        second = np.where(other_pictures, distance, np.inf).min(axis=1)
+        near_copy &= closest <= DISTINCTNESS * second
+    return Nearest(nearest, closest, limit, near_copy)
+
+
+# ------------------------------------------------------------------------ the audit
+
+@dataclass
 class CopyAudit:
-    """Per synthetic image: nearest training image by pixel distance (and by feature
-    distance when features were given) and whether it is a near copy."""
+    """Per synthetic image: nearest training image by alignment distance (and by feature
+    distance when features were given), the threshold that applied, and whether it is a near
+    copy. `threshold` summarises: the one given, or the median of the calibrated ones."""
 
     nearest_index: np.ndarray
     pixel_distance: np.ndarray
@@ -115,6 +323,7 @@ class CopyAudit:
     train_nn_distance: np.ndarray
     near_copy: np.ndarray
     train_duplicates: int
+    applied_threshold: np.ndarray
     feature_nearest_index: np.ndarray | None = None
     feature_distance: np.ndarray | None = None
 
@@ -122,30 +331,38 @@ class CopyAudit:
     def copy_rate(self) -> float:
         return float(self.near_copy.mean()) if len(self.near_copy) else 0.0
 
+    @property
+    def closeness(self) -> np.ndarray:
+        """Distance over the threshold that applied (every near copy is at most 1): the order
+        in which to show pairs, since thresholds differ between training images."""
+        return self.pixel_distance / np.maximum(self.applied_threshold, 1e-12)
 
-def find_copies(synthetic: np.ndarray, train: np.ndarray, threshold: float | None = None,
-                percentile: float = DEFAULT_PERCENTILE, synthetic_features: np.ndarray | None = None,
+
+def find_copies(synthetic: np.ndarray, train: np.ndarray | CopyIndex, threshold: float | None = None,
+                synthetic_features: np.ndarray | None = None,
                 train_features: np.ndarray | None = None) -> CopyAudit:
-    """Audit uint8 `(N, H, W, 3)` synthetic images against uint8 `(M, H, W, 3)` training images.
+    """Audit uint8 `(N, H, W, 3)` synthetic images against uint8 `(M, H, W, 3)` training
+    images, or a prebuilt `CopyIndex` of them.
 
     Args:
-        threshold: pixel-distance threshold; `None` calibrates it as `CALIBRATION_MARGIN` times
-            the `percentile`-th percentile of the training set's nearest-other-image distances.
+        threshold: one alignment-distance threshold for every training image; `None` uses
+            each training image's threshold calibrated on its own edited copies.
         synthetic_features, train_features: optional `(N, D)` / `(M, D)` features for the
             second-opinion feature cosine distance.
     """
-    train_variants = dihedral_descriptors(train)
-    train_nn = train_self_distances(train_variants)
-    duplicates = train_nn <= DUPLICATE_DISTANCE
-    calibration = train_nn[~duplicates] if not duplicates.all() else train_nn
+    index = train if isinstance(train, CopyIndex) else build_index(train)
+    found = nearest_copies(synthetic, index, threshold)
     if threshold is None:
-        threshold = CALIBRATION_MARGIN * float(np.percentile(calibration, percentile))
-        source = (f"auto: {CALIBRATION_MARGIN:g} x percentile {percentile:g} of {len(calibration)} "
-                  "train-vs-train nearest-neighbour pixel distances")
+        summary = float(np.median(index.thresholds))
+        source = (f"auto: per training image, the smaller of {CALIBRATION_MARGIN:g} x the largest distance of its "
+                  f"own copies under {', '.join(CALIBRATION_EDITS)} and {NEIGHBOUR_CAP:g} x its distance to the "
+                  f"nearest other training image (median {summary:.4f}); and at most {DISTINCTNESS:g} x the distance "
+                  "to the next training image")
     else:
-        source = "given (--copy_threshold)"
-    index, distance = pixel_nearest(synthetic, train)
-    audit = CopyAudit(index, distance, float(threshold), source, train_nn, distance <= threshold, int(duplicates.sum()))
+        summary, source = float(threshold), "given (--copy_threshold)"
+    neighbours = index.neighbour_distance[np.isfinite(index.neighbour_distance)]
+    audit = CopyAudit(found.index, found.distance, summary, source, neighbours, found.near_copy,
+                      index.duplicates, found.threshold)
     if synthetic_features is not None and train_features is not None:
         audit.feature_nearest_index, audit.feature_distance = nearest_train(synthetic_features, train_features)
     return audit

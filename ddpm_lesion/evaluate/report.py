@@ -24,7 +24,7 @@ from ddpm_lesion.evaluate.copy_detection import CopyAudit
 
 GRID_IMAGES = 36
 GALLERY_PAIRS = 16
-CSV_COLUMNS = ["synthetic_file", "nearest_train_file", "pixel_distance", "feature_distance",
+CSV_COLUMNS = ["synthetic_file", "nearest_train_file", "pixel_distance", "copy_threshold", "feature_distance",
                "nearest_train_file_by_feature", "near_copy"]
 
 
@@ -39,7 +39,7 @@ def gallery_png(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> bytes
     """The `GALLERY_PAIRS` closest synthetic/training pairs, closest first, each titled
     with its pixel distance and flagged when it is a near copy."""
     plt = pyplot()
-    order = np.argsort(audit.pixel_distance)[:GALLERY_PAIRS]
+    order = np.argsort(audit.closeness, kind="stable")[:GALLERY_PAIRS]
     columns = 4
     rows = -(-len(order) // columns)
     figure, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, rows * 1.6), squeeze=False)
@@ -58,35 +58,36 @@ def gallery_png(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> bytes
 
 
 def histogram_png(audit: CopyAudit, real_vs_train: np.ndarray | None) -> bytes:
-    """Nearest-neighbour pixel distances: train-vs-train (the calibration), synthetic-vs-train
-    and, when a held-out real set is given, real-vs-train, with the copy threshold."""
+    """Nearest-neighbour alignment distances: train-vs-other-train, synthetic-vs-train and,
+    when a held-out real set is given, real-vs-train, with the (median) copy threshold."""
     plt = pyplot()
     figure, ax = plt.subplots(figsize=(7, 3.5))
-    series = [("train vs other train (calibration)", audit.train_nn_distance),
-              ("synthetic vs train", audit.pixel_distance)]
+    series = [("train vs other train", audit.train_nn_distance), ("synthetic vs train", audit.pixel_distance)]
     if real_vs_train is not None:
         series.append(("held-out real vs train", real_vs_train))
+    series = [(label, values) for label, values in series if len(values)]
     top = max(float(values.max()) for _, values in series)
     bins = np.linspace(0.0, max(top, audit.threshold) * 1.05, 40)
     for label, values in series:
         ax.hist(values, bins=bins, alpha=0.5, density=True, label=f"{label} (n={len(values)})")
-    ax.axvline(audit.threshold, color="red", linestyle="--", label=f"copy threshold {audit.threshold:.3f}")
-    ax.set_xlabel("nearest-neighbour distance (1 - cos, 32x32 RGB, min over flips/rotations)")
+    ax.axvline(audit.threshold, color="red", linestyle="--", label=f"copy threshold {audit.threshold:.3f} (median)")
+    ax.set_xlabel("nearest-neighbour alignment distance (1 - cos, low-passed 32x32 RGB, best flip/rotation/shift)")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
     return figure_png(figure)
 
 
 def neighbours_csv(synthetic: ImageSet, train: ImageSet, audit: CopyAudit) -> str:
-    """One row per synthetic image, closest pairs first."""
+    """One row per synthetic image, closest pairs (relative to the threshold that applied to
+    their training image) first."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for s in np.argsort(audit.pixel_distance):
+    for s in np.argsort(audit.closeness, kind="stable"):
         has_feature = audit.feature_distance is not None
         writer.writerow([
             synthetic.names[s], train.names[audit.nearest_index[s]], f"{audit.pixel_distance[s]:.6f}",
-            f"{audit.feature_distance[s]:.6f}" if has_feature else "",
+            f"{audit.applied_threshold[s]:.6f}", f"{audit.feature_distance[s]:.6f}" if has_feature else "",
             train.names[audit.feature_nearest_index[s]] if has_feature else "",
             int(audit.near_copy[s]),
         ])

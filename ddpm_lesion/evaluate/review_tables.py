@@ -4,7 +4,7 @@ evaluation's closest synthetic/training pairs.
 
 Each function builds its rows from the files the commands already write (data_report.json,
 validation.csv, best_checkpoint.json, nearest_neighbours.csv) or from the copy audit of
-`memorization.find_copies`, so the dashboard shows the same numbers as the run folder.
+`copy_detection.find_copies`, so the dashboard shows the same numbers as the run folder.
 wandb is imported inside the functions.
 """
 
@@ -25,7 +25,7 @@ VALIDATION_COLUMNS = ["step", "kid", "ci_low", "ci_high", "feature_space", "copy
 SAMPLE_COLUMNS = ["index", "image", "seed", "sampler", "class", "nearest_train", "nearest_train_file",
                   "distance", "near_copy"]
 PAIR_COLUMNS = ["rank", "synthetic", "nearest_train", "synthetic_file", "nearest_train_file", "pixel_distance",
-                "feature_distance", "near_copy"]
+                "copy_threshold", "feature_distance", "near_copy"]
 
 
 def data_report_rows(report: dict[str, Any]) -> list[list[Any]]:
@@ -82,10 +82,10 @@ def sample_rows(indices: list[int], image_paths: list[Path], seed: int, sampler:
 
 def pair_rows(neighbours_csv: Path, synthetic_dir: Path, train_dir: Path, limit: int) -> list[list[Any]]:
     """The evaluation's `limit` closest synthetic/training pairs (its nearest_neighbours.csv,
-    closest first), images side by side."""
+    closest to its threshold first), images side by side."""
     with Path(neighbours_csv).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))[:limit]
     return [[rank + 1, image_cell(synthetic_dir / r["synthetic_file"]), image_cell(train_dir / r["nearest_train_file"]),
-             r["synthetic_file"], r["nearest_train_file"], float(r["pixel_distance"]),
+             r["synthetic_file"], r["nearest_train_file"], float(r["pixel_distance"]), float(r["copy_threshold"]),
              float(r["feature_distance"]) if r["feature_distance"] else None, r["near_copy"] == "1"]
             for rank, r in enumerate(rows)]

@@ -44,6 +44,7 @@ from ddpm_lesion.core.options import MixedPrecision, ReportTo
 from ddpm_lesion.model.conditioning import class_index, load_class_names, null_label
 from ddpm_lesion.model.pretrained import load_pipeline, model_sha256
 from ddpm_lesion.sample.autotune import auto_batch_size, bf16_is_fast
+from ddpm_lesion.sample.copy_rejection import Reference, Slot, fill_block, load_reference, png_fields, reserve_block
 from ddpm_lesion.sample.output_folder import OutputLayout, finalize, prepare_output, recorded_config, remove_leftovers
 from ddpm_lesion.sample.provenance import image_settings, png_text
 from ddpm_lesion.sample.sample_config import MAY_CHANGE_ON_RESUME, CompileMode, SampleConfig, validate
@@ -75,6 +76,7 @@ class SampleSummary:
     seconds: float
     num_processes: int
     grids: list[Path]
+    rejected: int = 0  # near copies turned down for the images now in the folder (--reject_copies)
 
     @property
     def images_per_second(self) -> float:
@@ -121,6 +123,10 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     # The main process plans while the others wait; the job's missing blocks are then dealt
     # out round-robin, so a resumed run is balanced however the earlier one was split.
     job_size, todo = run_on_main_process(state, lambda: _plan(cfg, shard, layout, settings, state.print))
+    reference = None
+    if cfg.reject_copies is not None and todo:
+        reference = run_on_main_process(state, lambda: load_reference(cfg.reject_copies, shape[1], cfg.train_csv,
+                                                                      cfg.label_filter, cfg.id_column, None))
     job_todo = sum(len(missing) for _, missing in todo)
     state.print(_header(cfg, source, settings, state, job_size, job_todo, layout, auto_notes, distilled))
     if cfg.torch_compile is not CompileMode.NO:
@@ -129,12 +135,12 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     start = time.perf_counter()
     _sample_and_write(unet, scheduler, todo[state.process_index::state.num_processes],
                       cfg=cfg, layout=layout, settings=settings, shape=shape, size=size, class_idx=class_idx,
-                      state=state)
+                      state=state, reference=reference)
     state.wait_for_everyone()
     summary = SampleSummary(made=job_todo, already_there=job_size - job_todo, seconds=time.perf_counter() - start,
                             num_processes=state.num_processes, grids=[])
     if state.is_main_process:
-        summary.grids = finalize(layout, cfg.num_images, settings)
+        summary.grids, summary.rejected = finalize(layout, cfg.num_images, settings, cfg.reject_copies is not None)
         if cfg.report_to is ReportTo.WANDB:
             from ddpm_lesion.sample import sample_review  # wandb and the copy audit only when asked for
 
@@ -296,22 +302,34 @@ def _plan(cfg: SampleConfig, shard: Shard, layout: OutputLayout, settings: dict[
 def _sample_and_write(unet: UNet2DModel, scheduler: SchedulerMixin, work: list[tuple[int, list[int]]], *,
                       cfg: SampleConfig, layout: OutputLayout, settings: dict[str, str],
                       shape: tuple[int, int, int], size: tuple[int, int], class_idx: int | None,
-                      state: PartialState) -> None:
-    """Sample each block on the device and hand its missing images to the PNG writers."""
+                      state: PartialState, reference: Reference | None = None) -> None:
+    """Sample each block on the device and hand its missing images to the PNG writers;
+    with a `reference`, near copies of its training images are replaced first
+    (`copy_rejection`)."""
     labels = None if class_idx is None else torch.full((cfg.batch_size,), class_idx, device=state.device)
     desc = "sampling" if state.num_processes == 1 else f"sampling (process 0 of {state.num_processes})"
     with _BackgroundWriter(workers=min(8, os.cpu_count() or 1), max_pending=4 * cfg.batch_size) as writer, \
             tqdm(total=sum(len(m) for _, m in work), unit="img", desc=desc, disable=not state.is_main_process,
                  dynamic_ncols=True) as bar:
-        for block, missing in work:
+        def sample(block: int) -> tuple[range, np.ndarray]:
             indices = block_indices(block, cfg.batch_size)
             generators = image_generators(cfg.seed, indices)
             noise = initial_noise(generators, shape).to(state.device)
-            pixels = denoise(unet, scheduler, noise, generators, cfg.num_inference_steps,
-                             AUTOCAST_DTYPES[cfg.mixed_precision], class_labels=labels,
-                             guidance_scale=cfg.guidance_scale).cpu().numpy()  # the one sync per block
+            return indices, denoise(unet, scheduler, noise, generators, cfg.num_inference_steps,
+                                    AUTOCAST_DTYPES[cfg.mixed_precision], class_labels=labels,
+                                    guidance_scale=cfg.guidance_scale).cpu().numpy()  # the one sync per block
+
+        for block, missing in work:
+            indices, pixels = sample(block)
+            if reference is None:
+                slots = {i: Slot(pixels[i - indices.start], i) for i in missing}
+            else:
+                wanted = _wanted(block, cfg)
+                slots = fill_block(wanted, pixels[:len(wanted)], reference,
+                                   lambda round_, b=block: sample(reserve_block(b, round_, cfg.batch_size)))
             for i in missing:
-                writer.submit(_save_image, pixels[i - indices.start], layout.image_path(i), png_text(settings, i), size)
+                writer.submit(_save_image, slots[i].pixels, layout.image_path(i),
+                              png_text(settings, i) | png_fields(slots[i]), size)
             bar.update(len(missing))
 
 
@@ -393,6 +411,8 @@ class _BackgroundWriter:
 
 def _summary_text(summary: SampleSummary, layout: OutputLayout) -> str:
     grids = ", ".join(str(p) for p in summary.grids) or "none (a grid of n = 16, 36, 64 shows images 0..n-1, once all are on disk)"
-    return (f"made {summary.made} image(s) ({summary.already_there} were already there) in {summary.seconds:.1f} s, "
+    rejected = (f"{summary.rejected} near copies of training images rejected and replaced ({layout.rejected})\n"
+                if summary.rejected else "")
+    return (f"{rejected}made {summary.made} image(s) ({summary.already_there} were already there) in {summary.seconds:.1f} s, "
             f"{summary.images_per_second:.2f} images/s on {summary.num_processes} process(es)\n"
             f"images: {layout.individual}\nmanifest: {layout.manifest}\ngrids: {grids}")

@@ -6,6 +6,7 @@ Layout (the origin's, plus provenance records)::
     OUT/individual/<prefix>_<index>.png   one image per index, zero-padded to 6 digits
     OUT/grids/preview_grid_{16,36,64}.png the first 16/36/64 images
     OUT/manifest.csv                      one row per image, rebuilt from the PNGs' metadata
+    OUT/rejected.csv                      with --reject_copies: the near copies turned down, likewise
     OUT/sample_config.yaml                the options, reusable with --config
 
 A folder is only ever resumed with the settings its images were made with, and never
@@ -32,6 +33,7 @@ from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import TEMP_SUFFIX, write_bytes_atomic
 from ddpm_lesion.core.grids import make_grid
 from ddpm_lesion.core.resume_guard import resume_differences
+from ddpm_lesion.sample.copy_rejection import rejected_rows, write_rejected
 from ddpm_lesion.sample.provenance import (
     IDENTITY_KEYS,
     made_by_this_tool,
@@ -69,6 +71,10 @@ class OutputLayout:
         return self.root / run_files.SAMPLE_MANIFEST
 
     @property
+    def rejected(self) -> Path:
+        return self.root / run_files.SAMPLE_REJECTED
+
+    @property
     def config(self) -> Path:
         return self.root / run_files.SAMPLE_CONFIG
 
@@ -98,7 +104,7 @@ def inspect_output(layout: OutputLayout) -> ExistingOutputs:
     if not layout.root.is_dir():
         return found
     folders = {layout.individual.name, layout.grids.name}
-    files = {layout.manifest.name, layout.config.name, LOCK_NAME}
+    files = {layout.manifest.name, layout.rejected.name, layout.config.name, LOCK_NAME}
     for path in sorted(layout.root.iterdir()):
         if path.name in folders and path.is_dir():
             continue  # sorted below
@@ -230,20 +236,25 @@ def folder_lock(layout: OutputLayout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def finalize(layout: OutputLayout, num_images: int, settings: Mapping[str, str]) -> list[Path]:
-    """Rebuild the manifest from the images on disk and write the preview grids whose
-    images all exist. Returns the grids written."""
+def finalize(layout: OutputLayout, num_images: int, settings: Mapping[str, str],
+             reject_copies: bool = False) -> tuple[list[Path], int]:
+    """Rebuild the manifest (and with `reject_copies` rejected.csv) from the images on disk
+    and write the preview grids whose images all exist. Returns the grids written and the
+    number of near copies rejected for the images on disk."""
     with folder_lock(layout):
         images = inspect_output(layout).images
         write_manifest(layout.manifest, (manifest_row(layout.image_path(i), layout.root, images[i])
                                          for i in sorted(images)))
+        rejected = rejected_rows(images)
+        if reject_copies:
+            write_rejected(layout.rejected, rejected)
         written = []
         for size in GRID_SIZES:
             if size <= num_images and all(i in images for i in range(size)):
                 grid = make_grid([_load(layout.image_path(i)) for i in range(size)], ncols=math.isqrt(size))
                 write_bytes_atomic(layout.grid_path(size), encode_png(grid, png_text(settings)))
                 written.append(layout.grid_path(size))
-        return written
+        return written, len(rejected)
 
 
 def _load(path: Path) -> Image.Image:

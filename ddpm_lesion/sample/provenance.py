@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,7 @@ IDENTITY_KEYS = ("generator", "model_sha256", "seed", "scheduler", "steps", "bat
                  "torch_compile", "class_label", "guidance_scale", "native_resolution", "resolution")
 MANIFEST_FIELDS = ("file", "index", "seed", "scheduler", "steps", "batch_size", "mixed_precision", "torch_compile",
                    "class_label", "guidance_scale", "model_sha256", "native_resolution", "resolution", "generator",
-                   "created")
+                   "created", "source_index", "rejected_copies")
 
 
 def image_settings(*, model_sha256: str, seed: int, scheduler: str, steps: int, batch_size: int,
@@ -91,7 +92,11 @@ def manifest_row(path: Path, root: Path, text: Mapping[str, str]) -> dict[str, s
     file time as `created` (kept out of the PNG so the bytes stay reproducible)."""
     created = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc).isoformat(timespec="seconds")
     row = {key: text.get(key, "") for key in MANIFEST_FIELDS}
-    row.update(file=path.relative_to(root).as_posix(), created=created)
+    # `--reject_copies`: the index the image was sampled as, and how many near copies of
+    # training images this slot turned down (`copy_rejection`).
+    row.update(file=path.relative_to(root).as_posix(), created=created,
+               source_index=text.get("source_index", text.get("index", "")),
+               rejected_copies=str(len(json.loads(text.get("rejected", "[]")))))
     return row
 
 

@@ -71,6 +71,15 @@ class SampleConfig:
     overwrite: bool = option(False, "Write into an output folder that holds other files or images made with "
                                     "other settings: deletes this tool's earlier outputs there (never other "
                                     "files) and starts over.")
+    reject_copies: Path | None = option(None, "Check every image against the training images in this folder before "
+                                              "it is written: a near copy is not written, and its slot takes the "
+                                              "next image of a reserved index range (recorded in rejected.csv).",
+                                        metavar="TRAIN_DIR")
+    train_csv: Path | None = option(None, "With --reject_copies: labels CSV selecting the training images (with "
+                                          "--label_filter), as for training.", metavar="CSV")
+    label_filter: list[str] = option([], "COLUMN=VALUE row filter for --train_csv; repeat to combine.",
+                                     metavar="COL=VAL")
+    id_column: str | None = option(None, "Id column of --train_csv, if not the layout's default.")
     report_to: ReportTo = option(ReportTo.NONE, "Also log to wandb (honours WANDB_MODE=offline): the preview grids, "
                                                 "a table of generated images beside their nearest training image, "
                                                 "and the set as a dataset artifact linked to its model.",
@@ -106,6 +115,9 @@ def validate(cfg: SampleConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.prefix):
         raise UserError(f"--prefix {cfg.prefix!r}: use letters, digits, '.', '_' or '-' (it becomes a file name).")
     parse_shard(cfg.shard)
+    if cfg.reject_copies is None and (cfg.train_csv is not None or cfg.label_filter):
+        raise UserError("--train_csv and --label_filter select the training images of --reject_copies; give "
+                        "--reject_copies TRAIN_DIR too.")
     if cfg.overwrite and cfg.shard is not None:
         raise UserError("--overwrite cannot be combined with --shard: each shard job would delete the images the "
                         "others made. Empty the output folder once, then start the shards without --overwrite.")

@@ -115,6 +115,7 @@ class TrainConfig:
     validation_data_dir: Path | None = option(None, "Held-out real images: at every checkpoint, KID of fixed-seed samples against them; the lowest marks the best checkpoint (sample it with --checkpoint best).")
     validation_num_images: int = option(64, "Samples scored at each checkpoint with --validation_data_dir.")
     validation_features: FeatureSpace = option(FeatureSpace.EFFICIENTNET, "Feature space of the checkpoint KID (efficientnet works offline).")
+    max_copy_rate: float = option(0.01, "With --validation_data_dir: a checkpoint whose samples include more near copies of training images than this share is never the best checkpoint (validation.csv, validation.png show the copy rate).")
     # Checkpoints, logging, samples
     checkpointing_steps: int = option(500, "Save a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = option(None, "Keep only the newest N checkpoints.")
@@ -145,7 +146,7 @@ class TrainConfig:
 MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_steps", "checkpointing_steps",
                         "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir", "save_images_steps",
                         "num_sample_images", "sample_scheduler", "sample_inference_steps", "validation_data_dir",
-                        "validation_num_images", "validation_features", "gradient_checkpointing", "torch_compile",
+                        "validation_num_images", "validation_features", "max_copy_rate", "gradient_checkpointing", "torch_compile",
                         "max_bad_steps", "report_to", "tracker_project_name", "log_model", "logging_dir", "dry_run"}
 
 
@@ -162,6 +163,8 @@ def validate(cfg: TrainConfig) -> None:
                         "a pretrained model, the second trains a new one from scratch. Give one of them.")
     if cfg.train_data_dir is None and cfg.dataset_name is None:
         raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
+    if not 0.0 <= cfg.max_copy_rate <= 1.0:
+        raise UserError(f"--max_copy_rate is a share of the validation samples, 0 to 1; got {cfg.max_copy_rate}.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
@@ -416,8 +419,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.validation_data_dir is not None and accelerator.is_main_process:
         validator = CheckpointValidator(cfg.validation_data_dir, cfg.resolution, cfg.validation_num_images,
                                         cfg.validation_features, cfg.sample_scheduler, cfg.sample_inference_steps,
-                                        cfg.seed,
-                                        accelerator.device)
+                                        cfg.seed, accelerator.device,
+                                        images.permute(0, 2, 3, 1).cpu().numpy())
         for warning in validator.warnings:
             say(f"warning: {warning}")
     stop = StopRequest()
@@ -452,7 +455,7 @@ def train(cfg: TrainConfig) -> Path:
                 tracking.plot_loss(metrics, run / run_files.LOSS_PLOT)
                 if validator is not None:
                     validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
-                                        class_names, progress.write)
+                                        class_names, progress.write, cfg.max_copy_rate)
                     model_card.write_model_card(run)  # the best checkpoint so far, as soon as it is known
                     checkpoints.rotate_checkpoints(run, cfg.checkpoints_total_limit)  # a new best frees the old one
             progress.write(f"saved {path}")
@@ -524,15 +527,16 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
 
 def validate_checkpoint(validator: CheckpointValidator, accelerator: Accelerator, run: Path, unet,
                         ema: EMAModel | None, noise_scheduler, step: int, class_names: list[str] | None,
-                        say: Callable[[str], None]) -> None:
+                        say: Callable[[str], None], max_copy_rate: float) -> None:
     """Score the just-saved weights (EMA when on) and keep track of the best checkpoint."""
     exported = checkpoints.export_unet(accelerator.unwrap_model(unet), ema).to(accelerator.device)
     score = validator.score(exported, noise_scheduler.config, step, len(class_names) if class_names else None)
-    best = record_validation(run, score)
+    best = record_validation(run, score, max_copy_rate)
     accelerator.log({"validation/kid": score.kid, "validation/kid_ci_low": score.ci_low,
-                     "validation/kid_ci_high": score.ci_high}, step=step)
-    say(f"step {step}: KID ({score.feature_space}) {score.kid:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}]"
-        + (" - best so far" if best else ""))
+                     "validation/kid_ci_high": score.ci_high, "validation/copy_rate": score.copy_rate}, step=step)
+    say(f"step {step}: KID ({score.feature_space}) {score.kid:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}], "
+        f"{score.copy_rate:.1%} near copies" + (" - best so far" if best else
+                                              " - over --max_copy_rate" if score.copy_rate > max_copy_rate else ""))
 
 
 def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel | None, noise_scheduler,

@@ -220,6 +220,12 @@ def test_training_and_sampling_options_pass_through(tmp_path):
     assert (sampled.num_inference_steps, sampled.guidance_scale, sampled.scheduler.value) == (9, 2.5, "ddim")
     assert sampled.mixed_precision is MixedPrecision.BF16
     assert sampled.seed == class_seed(7, "nv") != class_seed(7, "mel")  # never the same noise for two classes
+    # Copies of the class's own training images are rejected by default.
+    assert (sampled.reject_copies, sampled.train_csv, sampled.id_column, sampled.label_filter) == (
+        tmp_path, layout.train_rows, "image_id", ["class=nv"])
+    kept = sampling_config(config(train_data_dir=str(tmp_path), labels_csv="x.csv", output_dir=str(tmp_path / "out"),
+                                  no_reject_copies="true"), layout, nv)
+    assert (kept.reject_copies, kept.train_csv, kept.label_filter) == (None, None, [])
 
     per_class = config(train_data_dir=str(tmp_path), labels_csv="x.csv", output_dir=str(tmp_path / "out"),
                        mode="per_class")
@@ -334,6 +340,8 @@ def test_ham10000_images_carry_provenance_and_the_requested_class(ham_run):
         assert image.read_bytes() == (out / "generated" / row["dx"] / "individual" / image.name).read_bytes()
     for name in ("bkl", "nv"):
         assert {r["class_label"] for r in read_manifest(out / "generated" / name / "manifest.csv")} == {name}
+        # Checked for copies by default: the record is there (empty or not).
+        assert (out / "generated" / name / "rejected.csv").read_text().startswith("index,candidate_index,")
 
 
 @pytest.mark.slow

@@ -160,8 +160,9 @@ def test_review_tables(chain):
     pairs = runs["evaluate"].table("memorization/pairs")
     assert pairs["columns"] == review_tables.PAIR_COLUMNS
     assert len(pairs["data"]) == NUM_IMAGES
-    distances = [row[5] for row in pairs["data"]]
-    assert distances == sorted(distances)
+    closeness = [row[5] / row[6] for row in pairs["data"]]  # distance / the threshold that applied
+    assert closeness == sorted(closeness)
+    assert all(c <= 1 + 1e-5 for c, row in zip(closeness, pairs["data"]) if row[-1])  # a copy is within its threshold
     settings = runs["pick-sampler"].table("settings/table")
     assert [row[0] for row in settings["data"]] == ["ddpm:2", "ddim:1"]
     assert [row[-1] for row in settings["data"]] == [False, True]  # tolerance 1e9: the cheapest wins

@@ -66,6 +66,7 @@ def test_cli_end_to_end_writes_the_report(folders, tmp_path, monkeypatch, capsys
         rows = list(csv.DictReader(handle))
     assert len(rows) == 14
     assert {r["synthetic_file"] for r in rows if r["near_copy"] == "1"} == {"copy_0.png", "copy_1.png"}
+    assert all(float(r["pixel_distance"]) <= float(r["copy_threshold"]) for r in rows if r["near_copy"] == "1")
     assert rows[0]["nearest_train_file"] in {"ISIC_200000.png", "ISIC_200001.png"} and rows[0]["feature_distance"]
 
     page = (out / "report.html").read_text()

@@ -10,6 +10,7 @@ but may differ by float rounding, so a folder refuses a changed --batch_size.
 
 from __future__ import annotations
 
+import csv
 import filecmp
 import json
 import os
@@ -530,3 +531,73 @@ def test_cli_error_has_no_traceback(tmp_path):
     result = run_script("sample_ddpm.py", ["--model_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")])
     assert result.returncode == 2
     assert "\nerror: " in f"\n{result.stderr}" and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def copied_train(reference, tmp_path_factory) -> Path:
+    """A 'training set' holding generated images 1 and 6 of the reference run (one mirrored)
+    and a few unrelated pictures: sampling with --reject_copies must turn those two down."""
+    folder = tmp_path_factory.mktemp("train")
+    for i, flip in ((1, False), (6, True)):
+        image = Image.open(reference / "individual" / f"synthetic_{i:06d}.png").convert("RGB")
+        (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image).save(folder / f"copied_{i}.png")
+    for k in range(4):
+        pixels = torch.Generator().manual_seed(k)
+        Image.fromarray(torch.randint(0, 256, (16, 16, 3), generator=pixels, dtype=torch.uint8).numpy()).save(
+            folder / f"other_{k}.png")
+    return folder
+
+
+def test_reject_copies_replaces_copies_and_keeps_every_other_image(reference, model, copied_train, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "8", "--reject_copies", str(copied_train), *FAST) == 0
+    assert pngs(out) == pngs(reference)[:8]
+    kept = [f"synthetic_{i:06d}.png" for i in (0, 2, 3, 4, 5, 7)]
+    assert_same_images(out, reference, kept)
+    for i in (1, 6):
+        name = f"synthetic_{i:06d}.png"
+        assert not filecmp.cmp(out / "individual" / name, reference / "individual" / name, shallow=False)
+        assert int(read_png_text(out / "individual" / name)["source_index"]) >= 1 << 40
+    with open(out / "rejected.csv", newline="") as handle:
+        rejected = list(csv.DictReader(handle))
+    assert [(r["index"], r["candidate_index"], r["nearest_train_file"]) for r in rejected] == [
+        ("1", "1", "copied_1.png"), ("6", "6", "copied_6.png")]
+    assert all(float(r["distance"]) <= float(r["threshold"]) for r in rejected)
+    rows = read_manifest(out / "manifest.csv")
+    assert [r["rejected_copies"] for r in rows] == ["0", "1", "0", "0", "0", "0", "1", "0"]
+    assert "2 near copies of training images rejected" in capsys.readouterr().out
+
+    # Shards and a resume after losing a replacement give the same bytes.
+    split = tmp_path / "split"
+    for k in range(2):
+        assert sample(model, split, "--num_images", "8", "--shard", f"{k}/2", "--reject_copies", str(copied_train),
+                      *FAST) == 0
+    assert_same_images(out, split)
+    (split / "individual" / "synthetic_000006.png").unlink()
+    assert sample(model, split, "--num_images", "8", "--reject_copies", str(copied_train), *FAST) == 0
+    assert_same_images(out, split)
+    assert (split / "rejected.csv").read_text() == (out / "rejected.csv").read_text()
+
+
+def test_reject_copies_is_part_of_a_folders_identity(model, copied_train, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sample(model, out, "--num_images", "2", *FAST) == 0
+    assert sample(model, out, "--num_images", "2", "--reject_copies", str(copied_train), *FAST) == 2
+    assert "reject_copies" in capsys.readouterr().err
+    assert sample(model, tmp_path / "o2", "--num_images", "2", "--train_csv", "x.csv", *FAST) == 2
+    assert "give --reject_copies" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reject_copies_under_two_processes_equals_one(model, copied_train, tmp_path):
+    """The index is built on the main process and shared: both ranks replace the same copies."""
+    args = ["--num_images", "8", "--reject_copies", str(copied_train), *FAST]
+    one = tmp_path / "one"
+    assert sample(model, one, *args) == 0
+    two = tmp_path / "two"
+    result = run_script("sample_ddpm.py", ["--model_dir", str(model), "--output_dir", str(two), *args],
+                        num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_images(one, two)
+    assert (two / "rejected.csv").read_text() == (one / "rejected.csv").read_text()
+    assert len((one / "rejected.csv").read_text().splitlines()) == 3  # header + the two copies

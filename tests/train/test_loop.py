@@ -323,6 +323,7 @@ def test_checkpoints_are_scored_by_kid_and_the_best_one_is_kept_and_sampleable(t
                          "--checkpoints_total_limit", "1", steps=4))
     rows = [r.split(",") for r in (run / "validation.csv").read_text().splitlines()[1:]]
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4] and all(r[4] == "pixels16" for r in rows)
+    assert all(0.0 <= float(r[5]) <= 1.0 for r in rows) and (run / "validation.png").is_file()
     kids = {int(r[0]): float(r[1]) for r in rows}
     best = read_best(run)
     assert best["step"] == min(kids, key=kids.get) and best["kid"] == pytest.approx(kids[best["step"]], rel=1e-4)

@@ -1,0 +1,135 @@
+"""Copy rejection at generation time (`sample_ddpm.py --reject_copies TRAIN_DIR`): a
+generated image that is a near copy of a training image is never written; its slot takes
+the next image of a reserved, deterministic index range instead.
+
+Which image fills a slot must not depend on how the run was split or resumed, so the unit
+is the canonical block of `batch_size` indices that sharding and resuming already work in:
+every image of a block is checked, in index order; a rejected slot takes the next non-copy
+candidate of the block's own reserve, the blocks `reserve_block(block, round)` far past any
+run's indices, sampled one whole block at a time (the same batch size, so the candidates'
+pixels are as reproducible as the run's). A block is thus filled the same way by any shard,
+process or resumed run, whichever of its slots are still missing.
+
+What was rejected travels inside the replacement PNG (text chunks `source_index` and
+`rejected`), so `rejected.csv` is rebuilt from the images on disk like the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.fileio import write_text_atomic
+from ddpm_lesion.data.evaluation_sets import load_image_set
+from ddpm_lesion.evaluate.copy_detection import CopyIndex, Nearest, build_index, nearest_copies
+
+# Reserve blocks start at this index (far past any run) and give each block this many rounds.
+RESERVE_START = 1 << 40
+MAX_ROUNDS = 8
+REJECTED_FIELDS = ("index", "candidate_index", "nearest_train_file", "distance", "threshold")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The training images generated images must not copy: their copy index and names."""
+
+    index: CopyIndex
+    names: list[str]
+    threshold: float | None
+
+
+def load_reference(train_dir: Path, resolution: int, csv_path: Path | None, filters: list[str],
+                   id_column: str | None, threshold: float | None) -> Reference:
+    """Read the training images (selected by a labels CSV and filters, as for training) at
+    the generated resolution and index them."""
+    images = load_image_set("reject_copies", train_dir, resolution, csv_path, filters, id_column)
+    return Reference(build_index(images.pixels), images.names, threshold)
+
+
+@dataclass
+class Slot:
+    """What fills one slot of a block: the pixels, the index they were sampled as, and the
+    near copies rejected on the way (`REJECTED_FIELDS` rows without the slot)."""
+
+    pixels: np.ndarray
+    source_index: int
+    rejected: list[tuple[int, str, float, float]] = field(default_factory=list)
+
+
+def reserve_block(block: int, round_: int, batch_size: int) -> int:
+    """The block number of round `round_` of `block`'s reserve (its indices are
+    `block_indices(reserve_block(...), batch_size)`, all >= `RESERVE_START`)."""
+    first = -(-RESERVE_START // batch_size)
+    return first + block * MAX_ROUNDS + round_
+
+
+def fill_block(indices: Sequence[int], pixels: np.ndarray, reference: Reference,
+               sample_reserve: Callable[[int], tuple[Sequence[int], np.ndarray]]) -> dict[int, Slot]:
+    """Fill the slots `indices` (one block's wanted indices, in order) from the block's own
+    uint8 `pixels` (row k = `indices[k]`), replacing near copies from the reserve.
+
+    `sample_reserve(round)` returns the reserve round's indices and their pixels.
+    """
+    verdict = nearest_copies(pixels, reference.index, reference.threshold)
+    slots: dict[int, Slot] = {}
+    queue: list[tuple[int, np.ndarray, Nearest, int]] = []
+    next_round = 0
+    for k, slot in enumerate(indices):
+        if not verdict.near_copy[k]:
+            slots[slot] = Slot(pixels[k], slot)
+            continue
+        filled = Slot(pixels[k], slot, [_record(slot, verdict, k, reference)])
+        while True:
+            if not queue:
+                if next_round == MAX_ROUNDS:
+                    raise UserError(f"image {slot}: {MAX_ROUNDS} reserve batches in a row held only near copies of "
+                                    "training images; this model reproduces its training set. Use an earlier "
+                                    "checkpoint (see validation.csv's copy rate) or train on more images.")
+                reserve_indices, reserve_pixels = sample_reserve(next_round)
+                found = nearest_copies(reserve_pixels, reference.index, reference.threshold)
+                queue = [(i, reserve_pixels[j], found, j) for j, i in enumerate(reserve_indices)]
+                next_round += 1
+            candidate, candidate_pixels, found, j = queue.pop(0)
+            if found.near_copy[j]:
+                filled.rejected.append(_record(candidate, found, j, reference))
+            else:
+                filled.pixels, filled.source_index = candidate_pixels, candidate
+                break
+        slots[slot] = filled
+    return slots
+
+
+def _record(candidate: int, found: Nearest, row: int, reference: Reference) -> tuple[int, str, float, float]:
+    return (candidate, reference.names[found.index[row]], float(found.distance[row]), float(found.threshold[row]))
+
+
+def png_fields(slot: Slot) -> dict[str, str]:
+    """The PNG text chunks that record a replacement (none for an image kept as sampled)."""
+    if not slot.rejected:
+        return {}
+    rows = [[c, name, round(distance, 6), round(threshold, 6)] for c, name, distance, threshold in slot.rejected]
+    return {"source_index": str(slot.source_index), "rejected": json.dumps(rows)}
+
+
+def rejected_rows(texts: Mapping[int, Mapping[str, str]]) -> list[dict[str, str]]:
+    """`rejected.csv` rows rebuilt from the images' text chunks, by slot index."""
+    rows = []
+    for index in sorted(texts):
+        for record in json.loads(texts[index].get("rejected", "[]")):
+            rows.append(dict(zip(REJECTED_FIELDS, map(str, (index, *record)))))
+    return rows
+
+
+def write_rejected(path: Path, rows: list[dict[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REJECTED_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
