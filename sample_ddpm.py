@@ -10,23 +10,21 @@ and any restart after a kill give the same bytes. Rerun the same command to resu
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ddpm_lesion.core.config import parse_config
-from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.distributed import run_command, same_on_every_process
 from ddpm_lesion.sample.generation import generate
 from ddpm_lesion.sample.sample_config import SampleConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_config(SampleConfig, argv, parser=argparse.ArgumentParser(
-            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    def sample() -> None:
+        with same_on_every_process():  # the same command line on every process
+            cfg = parse_config(SampleConfig, argv, parser=argparse.ArgumentParser(
+                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
         generate(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(sample)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the bench scripts run from a checkout, installed or not (import `common` first)
 
 from ddpm_lesion.data.demo_lesions import draw_lesion  # noqa: E402
+from ddpm_lesion.model.unet_presets import PRESETS  # noqa: E402
 
 diffusers_logging.disable_progress_bar()  # the scripts print their own tables
 
@@ -39,14 +40,11 @@ HELD_OUT_STREAM = 9
 def origin_unet(sample_size: int = 64) -> UNet2DModel:
     """A UNet2DModel of the origin's size, random weights: 101.1 M parameters and 69.8 GFLOP
     per 64 px forward (torch's FlopCounterMode), as the issue measured for the origin's
-    `google/ddpm-ema-imagenet-64`-style model. Channels (128, 256, 512, 512), two ResNet
+    64 px model (the `ddpm-64` preset of `--model_config`). Channels (128, 256, 512, 512), two ResNet
     layers per level, self-attention at 16x16. Random weights time the same as trained
     ones, but their images are noise: no KID for this size."""
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=sample_size, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-                       attention_head_dim=64)
+    return UNet2DModel.from_config({**PRESETS["ddpm-64"], "sample_size": sample_size})
 
 
 def forward_gflop(unet: UNet2DModel, batch: int = 1) -> float:

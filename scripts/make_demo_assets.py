@@ -9,8 +9,8 @@ real tool downloads:
 * `demo/pretrained/ddpm-lesion-tiny-32/`: a ~1 M-parameter `UNet2DModel` + `DDPMScheduler`
   saved as a `DDPMPipeline` folder (safetensors), pretrained with a plain DDPM epsilon-MSE
   loop (Ho et al. 2020, Alg. 1) on a separate, larger and more varied procedural set. It
-  stands in for `google/ddpm-ema-imagenet-64`: the demo fine-tunes it exactly as the real
-  tool fine-tunes that model.
+  stands in for a real checkpoint such as `google/ddpm-cifar10-32`: the demo fine-tunes it
+  exactly as the real tool fine-tunes that model.
 
 The pretraining images come from a different seed stream than the demo images, so the
 demo really is fine-tuning on unseen data. Everything is seeded and runs on one CPU thread,
@@ -254,7 +254,7 @@ A tiny unconditional pixel-space DDPM (diffusers `DDPMPipeline`: `UNet2DModel` +
 `DDPMScheduler`) that ships with ddpm-lesion so that `make demo` can run
 pretrained → fine-tune → sample offline on a CPU in minutes.
 
-**It is a stand-in for `google/ddpm-ema-imagenet-64`**, the kind of model the real tool
+**It is a stand-in for `google/ddpm-cifar10-32`**, the kind of model the real tool
 fine-tunes. It was never trained on any real image: its "pretraining" set is
 {args.pretrain_images} procedurally drawn, lesion-like 32×32 images of both classes
 (`ddpm_lesion.data.demo_lesions.draw_lesion(..., varied=True)`), from a seed stream disjoint from
@@ -301,7 +301,7 @@ do not clip (DPM-Solver++, UniPC, DDIM with `clip_sample=False`) turn this small
 images into coloured noise: near t = 999 the clean-image estimate divides the noise
 prediction's error by sqrt(alpha_bar) ~ 0.006, and a model this small and this briefly
 trained is not accurate enough for that. Long-trained models such as
-`google/ddpm-ema-imagenet-64` are.
+`google/ddpm-cifar10-32` should be (not measured here).
 
 ## Licence
 

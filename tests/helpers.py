@@ -51,3 +51,21 @@ def write_images(folder: Path, n: int, size: int = 20, prefix: str = "ISIC_", se
         Image.fromarray(pixels).save(folder / f"{image_id}{ext}")
         ids.append(image_id)
     return ids
+
+
+# `ddpm-lesion evaluate` flags small enough for tests.
+EVALUATE_FAST = ["--resolution", "32", "--kid_subsets", "5", "--kid_subset_size", "10"]
+
+
+def draw_folder(folder: Path, seed: int, n: int, prefix: str = "ISIC_") -> list[Path]:
+    """`n` procedural 32 px lesions (alternately benign and malignant) named PREFIX<seed><i>.png."""
+    from ddpm_lesion.data.demo_lesions import draw_lesion
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"{prefix}{seed}{i:05d}.png"
+        draw_lesion(rng, 32, malignant=bool(i % 2)).save(path)
+        paths.append(path)
+    return paths

@@ -69,3 +69,51 @@ def start_script(script: str, args: list[str], num_processes: int = 1, env: dict
     return subprocess.Popen(script_command(script, args, num_processes, config_file), env=script_env(env),
                             cwd=cwd or REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+
+
+# A test-only hook, installed through a `sitecustomize.py` that the launched processes
+# import first (its folder leads PYTHONPATH). Right after a worker process's accelerate
+# state is set up (process group joined), it sleeps on one rank: the other ranks then run
+# ahead, which makes an ordering race between ranks happen every time instead of by luck.
+# It can also end one rank there with exit code 2, as a rank whose own error stops it.
+RACE_HOOK = '''
+import os
+
+if "LOCAL_RANK" in os.environ:  # a worker started by the launcher, not the launcher itself
+    import sys
+    import time
+
+    from accelerate.state import PartialState
+
+    _init = PartialState.__init__
+    _done = []
+
+    def _delayed_init(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        if _done:
+            return
+        _done.append(True)
+        rank = os.environ.get("RANK")
+        if rank == os.environ.get("RACE_HOOK_FAIL_RANK"):
+            print(f"error: injected failure on process {rank}", file=sys.stderr, flush=True)
+            os._exit(2)
+        if rank == os.environ.get("RACE_HOOK_DELAY_RANK"):
+            time.sleep(float(os.environ.get("RACE_HOOK_DELAY_S", "3")))
+
+    PartialState.__init__ = _delayed_init
+'''
+
+
+def race_hook_env(folder: Path, delay_rank: int | None = None, seconds: float = 3.0,
+                  fail_rank: int | None = None) -> dict[str, str]:
+    """The environment for `run_script`/`start_script` that installs `RACE_HOOK` (written to
+    `folder`): `delay_rank` sleeps `seconds` after joining, `fail_rank` exits 2 there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(RACE_HOOK)
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "RACE_HOOK_DELAY_S": str(seconds)}
+    if delay_rank is not None:
+        env["RACE_HOOK_DELAY_RANK"] = str(delay_rank)
+    if fail_rank is not None:
+        env["RACE_HOOK_FAIL_RANK"] = str(fail_rank)
+    return env

@@ -52,12 +52,14 @@ from ddpm_lesion.balance.plan import (
     training_rows,
 )
 from ddpm_lesion.balance.split import find_group_column, groups_in_several_splits
+from ddpm_lesion.core import wandb_review
 from ddpm_lesion.core.config import (
     load_yaml,
     option,
     save_config,
     to_plain_dict,
 )
+from ddpm_lesion.core.distributed import run_on_main_process, same_on_every_process
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
 from ddpm_lesion.core.options import MixedPrecision, ReportTo
@@ -67,7 +69,7 @@ from ddpm_lesion.data.label_writer import check_can_add_columns, write_labels
 from ddpm_lesion.data.labels import SYNTHETIC_COLUMN, LabelTable, find_images, id_key, read_labels, resolve_ids
 from ddpm_lesion.data.training_images import load_training_images
 from ddpm_lesion.evaluate.copy_detection import DUPLICATE_DISTANCE
-from ddpm_lesion.sample.generation import distributed_state, generate, run_on_main_process
+from ddpm_lesion.sample.generation import distributed_state, generate
 from ddpm_lesion.sample.output_folder import OutputLayout
 from ddpm_lesion.sample.provenance import read_manifest
 from ddpm_lesion.sample.sample_config import SampleConfig
@@ -142,7 +144,8 @@ def _pass_through(source: type, skip: set[str], script: str) -> list[tuple[str, 
 
 
 _TRAINING_OPTIONS = _pass_through(TrainConfig, _SET_FOR_TRAINING, "train_ddpm.py")
-# --seed, --mixed_precision and --report_to exist in both scripts: one flag (training's) sets both.
+# --seed, --mixed_precision, --report_to and --tracker_project_name exist in both scripts: one flag
+# (training's) sets both.
 _SAMPLING_OPTIONS = _pass_through(SampleConfig, _SET_FOR_SAMPLING | {name for name, _, _ in _TRAINING_OPTIONS},
                                   "sample_ddpm.py")
 BalanceConfig = dataclasses.make_dataclass("BalanceConfig", _TRAINING_OPTIONS + _SAMPLING_OPTIONS,
@@ -225,6 +228,7 @@ def sampling_config(cfg: AnyBalanceConfig, layout: BalanceLayout, plan_class: Cl
                         class_label=plan_class.name if conditional else None,
                         seed=class_seed(cfg.seed, plan_class.name), mixed_precision=MixedPrecision(precision),
                         report_to=ReportTo.WANDB if cfg.report_to is ReportTo.WANDB else ReportTo.NONE,
+                        tracker_project_name=cfg.tracker_project_name,
                         **_copy_check(cfg, layout, plan_class))
 
 
@@ -252,9 +256,10 @@ def validate(cfg: AnyBalanceConfig) -> None:
     for name in ("train_data_dir", "labels_csv", "output_dir"):
         if getattr(cfg, name) is None:
             raise UserError(f"--{name} is required.")
-    if not cfg.dry_run and cfg.pretrained_model_name_or_path is None:
-        raise UserError("--pretrained_model_name_or_path is required (a hub id in the HF cache or a folder written "
-                        "by save_pretrained); --dry_run shows the plan without one.")
+    if not cfg.dry_run and cfg.pretrained_model_name_or_path is None and cfg.model_config is None:
+        raise UserError("--pretrained_model_name_or_path is required (a hub id in the HF cache such as "
+                        "google/ddpm-ema-church-256, or a folder written by save_pretrained); --dry_run shows the "
+                        "plan without one.")
     if Path(cfg.output_dir).resolve().is_relative_to(Path(cfg.train_data_dir).resolve()):
         raise UserError(f"--output_dir {cfg.output_dir} is inside --train_data_dir {cfg.train_data_dir}: the "
                         "synthetic images would be found as training images. Choose a folder outside it.")
@@ -436,7 +441,8 @@ def output_rows(table: LabelTable, scheme: ClassScheme, rows: list[int], labels:
 
 def balance(cfg: AnyBalanceConfig) -> BalancePlan:
     """Run (or resume) every stage; returns the plan. Every process returns."""
-    validate(cfg)
+    with same_on_every_process():
+        validate(cfg)
     layout = BalanceLayout(Path(cfg.output_dir))
     state = distributed_state()
     plan = run_on_main_process(state, lambda: prepare(cfg, layout, state.print))
@@ -450,7 +456,20 @@ def balance(cfg: AnyBalanceConfig) -> BalancePlan:
     for plan_class in plan.to_generate:
         generate(sampling_config(cfg, layout, plan_class))
     run_on_main_process(state, lambda: collect(cfg, plan, layout, state.print))
+    if cfg.report_to is ReportTo.WANDB and state.is_main_process:
+        log_to_wandb(cfg, plan, layout)
     return plan
+
+
+def log_to_wandb(cfg: AnyBalanceConfig, plan: BalancePlan, layout: BalanceLayout) -> None:
+    """A `balance` run, grouped under the output folder's name (the group `utility` joins
+    when it judges this labels.csv): the plan per class, and the generated sets it used."""
+    rows = [[c.name, c.real, c.synthetic] for c in plan.classes]
+    wandb_review.log_command_run(
+        wandb_review.JobType.BALANCE, cfg.tracker_project_name, layout.root.resolve().name, to_plain_dict(cfg),
+        sample_sets=tuple(layout.generated(c).root for c in plan.to_generate),
+        scalars={"real_rows": sum(c.real for c in plan.classes), "synthetic_rows": sum(c.synthetic for c in plan.classes)},
+        tables={"plan/table": (["class", "real", "synthetic"], rows)})
 
 
 def models_to_train(plan: BalancePlan) -> list[ClassPlan | None]:

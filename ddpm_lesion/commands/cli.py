@@ -13,8 +13,6 @@ import argparse
 import importlib
 import sys
 
-from ddpm_lesion.core.errors import UserError
-
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (
@@ -28,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "Find the fewest sampling steps that keep a model's DDPM-50 quality; sample_ddpm.py then uses them."),
     "distill": ("ddpm_lesion.commands.distill", "Distil a fine-tuned model into a few-step sampler (progressive distillation)."),
 }
+# Sub-commands that split their work across the processes of `accelerate launch`; the
+# others run on rank 0 alone when launched with several.
+MULTI_PROCESS = {"balance"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +42,22 @@ def main(argv: list[str] | None = None) -> int:
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if chosen == [name]:
             importlib.import_module(module_name).add_arguments(command_parser)
+    if chosen and chosen[0] in COMMANDS and _left_to_rank_0(chosen[0]):
+        return 0  # before parsing: a usage error or --help is printed by rank 0 alone too
     args = parser.parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    try:
-        return int(module.run(args) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from ddpm_lesion.core.distributed import run_command  # imports torch: not for `ddpm-lesion --help`
+    return run_command(lambda: module.run(args))
+
+
+def _left_to_rank_0(command: str) -> bool:
+    """True on the processes that leave a one-process sub-command to rank 0 when `accelerate
+    launch` started several: each would otherwise do all of the work and write the same files."""
+    from ddpm_lesion.core.distributed import global_rank, launched_processes
+
+    if command in MULTI_PROCESS or launched_processes() == 1:
+        return False
+    if global_rank() == 0:
+        print(f"note: ddpm-lesion {command} runs on one process; the other {launched_processes() - 1} "
+              "launched process(es) have nothing to do and exited.", file=sys.stderr)
+    return global_rank() != 0

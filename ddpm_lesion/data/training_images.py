@@ -13,11 +13,9 @@ folders and hub datasets alike, so bad-input handling lives in one place.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -114,7 +112,6 @@ def load_training_images(
     dataset_config_name: str | None = None,
     image_column: str = "image",
     cache_dir: Path | None = None,
-    main_process_first: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     class_column: str | None = None,
 ) -> TrainingImages:
     """Load, check and preprocess the training images.
@@ -130,8 +127,6 @@ def load_training_images(
         dataset_config_name: the hub dataset's configuration.
         image_column: the dataset column holding the images.
         cache_dir: where preprocessed images are cached (default `~/.cache/ddpm_lesion`).
-        main_process_first: with `accelerate launch`, pass `accelerator.main_process_first`
-            so one process writes the cache and the others then read it.
         class_column: for one class-conditional model, the CSV column whose value is each
             image's class (e.g. ``dx``), or comma-separated one-hot columns
             (e.g. ``MEL,NV,BCC``: the class is the column holding 1).
@@ -147,25 +142,15 @@ def load_training_images(
     _check_options(train_data_dir, labels_csv, label_filters, resolution, dataset_name)
     if class_column is not None and labels_csv is None:
         raise UserError(f"--class_column {class_column} needs --labels_csv: the classes are read from its rows.")
-    failure: Exception | None = None
     classes_by_name: dict[str, str] | None = None
-    with main_process_first():
-        # An error must leave this block normally before it is raised: accelerate's
-        # main_process_first has a barrier after the main process's turn, and a main
-        # process that raised past it would leave the others waiting there forever.
-        try:
-            if dataset_name is not None:
-                sources, report, key = _hub_sources(dataset_name, dataset_config_name, image_column)
-            else:
-                assert train_data_dir is not None  # _check_options guarantees one source
-                sources, report, key, classes_by_name = _folder_sources(
-                    Path(train_data_dir), labels_csv, label_filters, id_column, class_column)
-            cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
-            processed = _preprocess(sources, resolution, cache_root / f"images-{_cache_key(key, resolution)}.arrow")
-        except Exception as err:
-            failure = err
-    if failure is not None:
-        raise failure
+    if dataset_name is not None:
+        sources, report, key = _hub_sources(dataset_name, dataset_config_name, image_column)
+    else:
+        assert train_data_dir is not None  # _check_options guarantees one source
+        sources, report, key, classes_by_name = _folder_sources(
+            Path(train_data_dir), labels_csv, label_filters, id_column, class_column)
+    cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
+    processed = _preprocess(sources, resolution, cache_root / f"images-{_cache_key(key, resolution)}.arrow")
     pixels, report, names = _collect(processed, report, resolution)
     classes = None if classes_by_name is None else [classes_by_name[n] for n in names]
     return TrainingImages(pixels, report, names, classes)

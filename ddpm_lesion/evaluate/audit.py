@@ -218,7 +218,3 @@ def _memorization_summary(audit: CopyAudit, real_vs_train: Nearest, feature_spac
 def _quantiles(values: np.ndarray) -> dict:
     return {"min": float(values.min()), "p1": float(np.percentile(values, 1)),
             "median": float(np.median(values)), "max": float(values.max())}
-
-
-# ------------------------------------------------------------------------ command line
-

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core import wandb_review
 from ddpm_lesion.core.figures import figure_png, html_img, pyplot
 from ddpm_lesion.core.fileio import write_bytes_atomic, write_text_atomic
 from ddpm_lesion.core.grids import make_grid
 from ddpm_lesion.data.evaluation_sets import ImageSet
+from ddpm_lesion.evaluate import review_tables
 from ddpm_lesion.evaluate.copy_detection import CopyAudit
 
 GRID_IMAGES = 36
@@ -174,18 +175,25 @@ def write_report(output_dir: Path, metrics: dict, real: ImageSet, synthetic: Ima
     write_text_atomic(output_dir / "report.html", report_html(metrics, pictures))
 
 
-def log_to_wandb(metrics: dict, output_dir: Path, config: dict) -> None:
-    """Log the flat numbers and the report's PNGs to a wandb run (honours WANDB_MODE=offline)."""
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("--report_to wandb needs the wandb package. Fix: pip install wandb, "
-                        "or --report_to none.") from None
+def log_to_wandb(metrics: dict, output_dir: Path, config: dict, synthetic: Path, train: Path | None,
+                 project: str | None = None, log_images: int = 64) -> None:
+    """Log the flat numbers, the report's PNGs and the closest synthetic/training pairs as a
+    table to a run of job type `evaluate`; when the synthetic set is a `sample_ddpm.py`
+    folder, the run joins its model's group and declares the samples it judged (honours
+    WANDB_MODE=offline)."""
     flat = {f"{space}/{name}": m["value"] for space, entry in metrics["feature_spaces"].items()
             for name, m in entry["metrics"].items() if m["value"] is not None}
     if metrics.get("memorization"):
         flat["memorization/copy_rate"] = metrics["memorization"]["copy_rate"]
-    images = {f"images/{path.stem}": wandb.Image(str(path)) for path in sorted(output_dir.glob("*.png"))}
-    run = wandb.init(project="ddpm-lesion", job_type="evaluate", config=config)
+    images = {f"images/{path.stem}": wandb_review.image_cell(path) for path in sorted(output_dir.glob("*.png"))}
+    samples = wandb_review.samples_folder_of(synthetic)
+    artifact, group = wandb_review.samples_artifact(samples) if samples is not None else (None, None)
+    run = wandb_review.start_run(wandb_review.JobType.EVALUATE, project, group, config)
+    if artifact is not None:
+        wandb_review.declare_input(run, artifact)
+    pairs = output_dir / "nearest_neighbours.csv"
+    if train is not None and pairs.is_file():
+        rows = review_tables.pair_rows(pairs, Path(metrics["inputs"]["synthetic"]["folder"]), Path(train), log_images)
+        images["memorization/pairs"] = wandb_review.table(review_tables.PAIR_COLUMNS, rows)
     run.log({**flat, **images})
     run.finish()

@@ -3,15 +3,14 @@
 The origin script fell back to random weights when the download failed, so a user could
 train for days from scratch without knowing. Here every load either succeeds from a folder
 or the HF cache/hub (honouring `HF_HUB_OFFLINE`), or stops with a message that names the
-model and the fix. Weights are read as safetensors where the model has them; diffusers
-reads a legacy `.bin` with `torch.load(weights_only=True)`, which cannot run code.
+model and the fix. Where the files are, in which of the two pipeline layouts, and whether a
+legacy pickled `.bin` is safe to read is `ddpm_lesion.model.source`'s job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -19,49 +18,55 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_lesion.core import run_files
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.model.source import ModelSource, offline, resolve
 
 
 def _load_error(name: str, err: Exception, what: str, consequence: str = "") -> UserError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     where = (f"'{name}' is a folder, but it holds no {what}" if Path(name).is_dir()
              else f"'{name}' is neither a local folder nor a model in the Hugging Face cache"
-             + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline else ""))
+             + (" (HF_HUB_OFFLINE is set, so the hub was not asked)" if offline() else ""))
     return UserError(
         f"could not load the {what} from {where}. Pass a folder written by `save_pretrained` "
         f"(it has model_index.json or config.json) or a hub id that is already in the cache "
-        f"(`huggingface-cli download {name}` on a machine with internet). "
-        f"{consequence}Details: {type(err).__name__}: {err}"
+        f"(`hf download {name}` on a machine with internet; `huggingface-cli download` before huggingface_hub "
+        f"0.34), e.g. google/ddpm-ema-church-256 (128 px) or google/ddpm-cifar10-32 (32-64 px), see the README's "
+        f"'Pretrained starting points'; or train from "
+        f"scratch with --model_config. {consequence}Details: {type(err).__name__}: {err}"
     )
 
 
-def _is_pipeline(name_or_path: str) -> bool:
-    """A local pipeline folder, or (for hub ids) assume the diffusers DDPM layout."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
-    return True
+def resolve_model(name_or_path: str, revision: str | None = None, what: str = "UNet2DModel",
+                  consequence: str = "") -> ModelSource:
+    """`model_source.resolve` with this module's error message."""
+    try:
+        return resolve(name_or_path, revision)
+    except (OSError, ValueError) as err:
+        raise _load_error(name_or_path, err, what, consequence) from None
 
 
 def load_unet(name_or_path: str, revision: str | None = None) -> UNet2DModel:
-    """The UNet of a DDPM pipeline (its `unet/` sub-folder) or of a bare UNet folder."""
-    subfolder = "unet" if _is_pipeline(name_or_path) else None
+    """The UNet of a DDPM pipeline (its `unet/` sub-folder, or the top of a flat hub
+    checkpoint) or of a bare UNet folder."""
+    consequence = "Nothing was trained from random weights. "
+    source = resolve_model(name_or_path, revision, consequence=consequence)
     try:
-        return UNet2DModel.from_pretrained(name_or_path, subfolder=subfolder, revision=revision)
+        return UNet2DModel.from_pretrained(source.folder, subfolder=source.unet_subfolder)
     except (OSError, ValueError) as err:
-        raise _load_error(name_or_path, err, "UNet2DModel", "Nothing was trained from random weights. ") from None
+        raise _load_error(name_or_path, err, "UNet2DModel", consequence) from None
 
 
 def load_noise_scheduler(name_or_path: str, revision: str | None = None) -> DDPMScheduler:
     """The noise schedule the model was pretrained with.
 
-    Fine-tuning must use the same betas as pretraining, so a pipeline's own
-    `scheduler/scheduler_config.json` is used; a bare UNet folder gets diffusers'
-    default (linear betas, 1000 steps), which is what `train_unconditional.py` assumes.
+    Fine-tuning must use the same betas as pretraining, so the pipeline's own
+    `scheduler_config.json` is used; a bare UNet folder gets diffusers' default (linear
+    betas, 1000 steps), which is what `train_unconditional.py` assumes.
     """
-    if not _is_pipeline(name_or_path):
+    source = resolve_model(name_or_path, revision, "noise scheduler config")
+    if source.scheduler_config is None:
         return DDPMScheduler(num_train_timesteps=1000)
     try:
-        return DDPMScheduler.from_pretrained(name_or_path, subfolder="scheduler", revision=revision)
+        return DDPMScheduler.from_pretrained(source.scheduler_config.parent)
     except (OSError, ValueError) as err:
         raise _load_error(name_or_path, err, "noise scheduler config") from None
 
@@ -133,8 +138,9 @@ def resolve_pipeline_dir(model_dir: str, checkpoint: str | None = None) -> str:
 def load_pipeline(model_dir: str, checkpoint: str | None = None) -> tuple[DDPMPipeline, str]:
     """Load a `DDPMPipeline` for sampling; returns it and the folder/id it came from."""
     source = resolve_pipeline_dir(model_dir, checkpoint)
+    folder = resolve_model(source, what="DDPMPipeline").folder
     try:
-        return DDPMPipeline.from_pretrained(source), source
+        return DDPMPipeline.from_pretrained(folder), source
     except (OSError, ValueError) as err:
         raise _load_error(source, err, "DDPMPipeline") from None
 

@@ -13,26 +13,30 @@ precision) are resolved once, by the main process, before anything is planned (`
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
 from diffusers import SchedulerMixin, UNet2DModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion.core import run_files
-from ddpm_lesion.core.config import to_plain_dict
-from ddpm_lesion.core.distributed import check_process_count, use_cpu
+from ddpm_lesion.core import run_files, wandb_review
+from ddpm_lesion.core.distributed import (
+    SharedUserError,
+    check_process_count,
+    main_process_first,
+    run_on_main_process,
+    same_on_every_process,
+    use_cpu,
+)
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import write_bytes_atomic
@@ -55,8 +59,6 @@ from ddpm_lesion.sample.samplers import (
     make_scheduler,
 )
 from ddpm_lesion.sample.sharding import Shard, block_indices, num_blocks, parse_shard, shard_blocks
-
-T = TypeVar("T")
 
 DEFAULT_SAMPLER = {"scheduler": DEFAULT_SCHEDULER.value, "num_inference_steps": DEFAULT_STEPS}
 
@@ -93,29 +95,24 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     """Make this process's share of the images of `cfg` (of its `--shard`) not on disk yet.
 
     Every process returns; the summary's grids are filled in on the main process only."""
-    validate(cfg)
-    if cfg.report_to is ReportTo.WANDB and importlib.util.find_spec("wandb") is None:
-        raise UserError("--report_to wandb needs the wandb package: pip install wandb (or use --report_to none).")
-    shard = parse_shard(cfg.shard)
+    with same_on_every_process():
+        validate(cfg)
+        wandb_review.wanted(cfg.report_to)  # a missing wandb fails now, not after the sampling
+        shard = parse_shard(cfg.shard)
     state = distributed_state()
-    pipeline, source = load_pipeline(cfg.model_dir, cfg.checkpoint)
-    distilled = read_distilled(source)
-    unet = pipeline.unet.eval()
-    class_idx = _class_to_generate(cfg, unet, source)
-    shape = _image_shape(unet)
-    size = _output_size(shape, cfg.output_size)
-    sha256 = model_sha256(unet)
-    own_sampler = model_sampler(source, sha256, distilled)
-    unet = unet.to(state.device, memory_format=torch.channels_last)
+    model = main_process_first(state, lambda: _load_model(cfg))
+    pipeline, source, distilled, class_idx = model.pipeline, model.source, model.distilled, model.class_idx
+    shape, size, sha256, own_sampler = model.shape, model.size, model.sha256, model.own_sampler
+    unet = pipeline.unet.to(state.device, memory_format=torch.channels_last)
     layout = OutputLayout(cfg.output_dir, cfg.prefix)
     guided = class_idx is not None and cfg.guidance_scale != 1.0
     cfg, auto_notes = run_on_main_process(
         state, lambda: resolve_auto(cfg, None if cfg.overwrite else recorded_config(layout), unet, shape,
                                     state.device, guided, own_sampler))
     scheduler = make_scheduler(cfg.scheduler, pipeline.scheduler.config)
-    if cfg.num_inference_steps > scheduler.config.num_train_timesteps:
-        raise UserError(f"--num_inference_steps {cfg.num_inference_steps} exceeds the model's "
-                        f"{scheduler.config.num_train_timesteps} training timesteps.")
+    if cfg.num_inference_steps > scheduler.config.num_train_timesteps:  # every process: the same shared cfg
+        raise SharedUserError(f"--num_inference_steps {cfg.num_inference_steps} exceeds the model's "
+                              f"{scheduler.config.num_train_timesteps} training timesteps.")
     settings = image_settings(model_sha256=sha256, seed=cfg.seed, scheduler=cfg.scheduler.value,
                               steps=cfg.num_inference_steps, batch_size=cfg.batch_size,
                               mixed_precision=cfg.mixed_precision.value, torch_compile=cfg.torch_compile.value,
@@ -145,9 +142,36 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     if state.is_main_process:
         summary.grids, summary.rejected = finalize(layout, cfg.num_images, settings, cfg.reject_copies is not None)
         if cfg.report_to is ReportTo.WANDB:
-            _log_to_wandb(cfg, summary)
+            from ddpm_lesion.sample import sample_review  # wandb and the copy audit only when asked for
+
+            sample_review.log_run(cfg, layout, summary.grids, summary.made, summary.images_per_second, source,
+                                  settings)
         state.print(_summary_text(summary, layout))
     return summary
+
+
+@dataclasses.dataclass
+class _Model:
+    """The model to sample and what the request needs from it, checked against the request."""
+
+    pipeline: Any
+    source: str
+    distilled: dict[str, Any] | None
+    class_idx: int | None
+    shape: tuple[int, int, int]
+    size: tuple[int, int]
+    sha256: str
+    own_sampler: tuple[dict[str, Any], str]
+
+
+def _load_model(cfg: SampleConfig) -> _Model:
+    pipeline, source = load_pipeline(cfg.model_dir, cfg.checkpoint)
+    distilled = read_distilled(source)
+    unet = pipeline.unet.eval()
+    shape = _image_shape(unet)
+    sha256 = model_sha256(unet)
+    return _Model(pipeline, source, distilled, _class_to_generate(cfg, unet, source), shape,
+                  _output_size(shape, cfg.output_size), sha256, model_sampler(source, sha256, distilled))
 
 
 def model_sampler(source: str, sha256: str, distilled: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
@@ -309,21 +333,6 @@ def _sample_and_write(unet: UNet2DModel, scheduler: SchedulerMixin, work: list[t
             bar.update(len(missing))
 
 
-def run_on_main_process(state: PartialState, plan: Callable[[], T]) -> T:
-    """Run `plan` on the main process and hand its result to every process. If it raises
-    `UserError`, every process raises it: the others would otherwise wait forever."""
-    result, error = None, None
-    if state.is_main_process:
-        try:
-            result = plan()
-        except UserError as err:
-            error = str(err)
-    result, error = broadcast_object_list([result, error])
-    if error is not None:
-        raise UserError(error)
-    return result
-
-
 def _class_to_generate(cfg: SampleConfig, unet: UNet2DModel, source: str) -> int | None:
     """The class index to condition on: required for a class-conditional model, refused
     for an unconditional one (None)."""
@@ -398,17 +407,6 @@ class _BackgroundWriter:
                     self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-
-
-def _log_to_wandb(cfg: SampleConfig, summary: SampleSummary) -> None:
-    """Log the preview grids and throughput to a wandb run (offline with WANDB_MODE=offline)."""
-    import wandb
-
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ddpm-lesion"), job_type="sample",
-                     config=to_plain_dict(cfg))
-    run.log({**{path.stem: wandb.Image(str(path)) for path in summary.grids},
-             "images": summary.made, "images_per_second": summary.images_per_second})
-    run.finish()
 
 
 def _summary_text(summary: SampleSummary, layout: OutputLayout) -> str:

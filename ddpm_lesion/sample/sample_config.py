@@ -80,8 +80,15 @@ class SampleConfig:
     label_filter: list[str] = option([], "COLUMN=VALUE row filter for --train_csv; repeat to combine.",
                                      metavar="COL=VAL")
     id_column: str | None = option(None, "Id column of --train_csv, if not the layout's default.")
-    report_to: ReportTo = option(ReportTo.NONE, "Also log the preview grids to wandb (honours WANDB_MODE).",
+    report_to: ReportTo = option(ReportTo.NONE, "Also log to wandb (honours WANDB_MODE=offline): the preview grids, "
+                                                "a table of generated images beside their nearest training image, "
+                                                "and the set as a dataset artifact linked to its model.",
                                  choices=values(ReportTo, without=(ReportTo.TENSORBOARD,)))
+    tracker_project_name: str | None = option(None, "wandb project (default: $WANDB_PROJECT, else ddpm-lesion); "
+                                                    "the run joins its model's group there.")
+    log_images: int = option(64, "With --report_to wandb: generated images in the review table (the first N).")
+    upload_images: bool = option(False, "With --report_to wandb: upload copies of the PNGs in the dataset artifact "
+                                        "instead of referencing their paths and checksums.")
 
 
 # What may differ between runs writing into one output folder (`ddpm_lesion.core.resume_guard`):
@@ -89,7 +96,7 @@ class SampleConfig:
 # checked through the images' own metadata (`output_folder.IDENTITY_KEYS`); every other option
 # changes an image's pixels or name, so it must match.
 MAY_CHANGE_ON_RESUME = {"model_dir", "checkpoint", "output_dir", "num_images", "max_batch_size", "shard", "overwrite",
-                        "report_to"}
+                        "report_to", "tracker_project_name", "log_images", "upload_images"}
 
 
 def validate(cfg: SampleConfig) -> None:

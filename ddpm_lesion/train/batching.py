@@ -5,7 +5,10 @@ Instead of carrying a sampler's and a generator's hidden state through checkpoin
 dataset is read as an endless stream of per-epoch permutations, and micro-batch `m` of
 rank `r` simply takes stream positions `[(m * world + r) * B, ... + B)`. Ranks therefore
 see disjoint images, every image is seen once per epoch, and a restarted run needs only
-the step number to continue with exactly the batches it would have had.
+the step number to continue with exactly the batches it would have had. Because the slot
+`m * world + r` names both the images and the random draws of a micro-batch, a run's
+optimizer steps do not depend on how the global batch is split into processes and
+accumulation steps (up to float rounding of the gradient sum).
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ def micro_batch_indices(num_items: int, batch_size: int, micro_step: int, rank: 
 def micro_batch_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
     """The CPU generator for one micro-batch's timesteps, noise and augmentation."""
     return torch.Generator().manual_seed(derive_seed(seed, micro_step, rank, 0x5EED))
+
+
+def slot_generator(seed: int, micro_step: int, rank: int, world_size: int) -> torch.Generator:
+    """The generator of micro-batch `micro_step` of `rank`, named by its slot
+    `micro_step * world_size + rank` -- the same slot that places its images in the stream.
+    The noise, timesteps and flips then follow the images, whatever the split: 4 processes
+    x 1 accumulation step and 1 process x 4 accumulation steps draw the same numbers for the
+    same images in each optimizer step. With one process it is `micro_batch_generator(seed,
+    micro_step, 0)`, so single-process runs keep their draws."""
+    return micro_batch_generator(seed, micro_step * world_size + rank, 0)
 
 
 def steps_per_epoch(num_items: int, batch_size: int, world_size: int, accumulation: int) -> int:

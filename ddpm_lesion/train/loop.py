@@ -25,9 +25,15 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ddpm_lesion.core import run_files
+from ddpm_lesion.core import run_files, wandb_review
 from ddpm_lesion.core.config import load_yaml, option, save_config, to_plain_dict
-from ddpm_lesion.core.distributed import check_process_count, use_cpu
+from ddpm_lesion.core.distributed import (
+    check_process_count,
+    main_process_first,
+    run_on_main_process,
+    same_on_every_process,
+    use_cpu,
+)
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.figures import encode_png
 from ddpm_lesion.core.fileio import remove_stale_temps, write_bytes_atomic, write_text_atomic
@@ -36,9 +42,11 @@ from ddpm_lesion.core.options import MixedPrecision, ReportTo, values
 from ddpm_lesion.core.resume_guard import resume_differences
 from ddpm_lesion.data.labels import parse_filter
 from ddpm_lesion.data.training_images import load_training_images
+from ddpm_lesion.evaluate import review_tables
 from ddpm_lesion.evaluate.features import FeatureSpace
 from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
-from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet
+from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet, read_best
+from ddpm_lesion.model.unet_presets import FROM_SCRATCH_WARNING, PRESETS, unet_from_config
 from ddpm_lesion.sample.samplers import (
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
@@ -48,7 +56,7 @@ from ddpm_lesion.sample.samplers import (
     initial_noise,
     make_scheduler,
 )
-from ddpm_lesion.train import batching, checkpoints, tracking
+from ddpm_lesion.train import batching, checkpoints, model_card, tracking
 from ddpm_lesion.train.checkpoint_kid import CheckpointValidator
 from ddpm_lesion.train.checkpoint_kid import record as record_validation
 from ddpm_lesion.train.losses import augment, diffusion_loss
@@ -73,8 +81,12 @@ class TrainConfig:
     class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
     label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
     # Model
-    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-imagenet-64) or a local folder.")
+    pretrained_model_name_or_path: str | None = option(None, "Pretrained DDPMPipeline or UNet2DModel: a hub id (e.g. google/ddpm-ema-church-256 for 128 px, google/ddpm-cifar10-32 for 32-64 px) or a local folder.")
     revision: str | None = option(None, "Hub revision of the pretrained model.")
+    model_config: str | None = option(None, "Train FROM SCRATCH instead of fine-tuning (a few hundred images will be "
+                                            "memorised): a preset (" + ", ".join(PRESETS) + ") or a UNet2DModel "
+                                            "config.json. Excludes --pretrained_model_name_or_path.",
+                                      metavar="PRESET|config.json")
     # Optimisation
     output_dir: Path | None = option(None, "Run folder: checkpoints, samples, logs, the final EMA pipeline.")
     seed: int = option(0, "Seed for data order, noise, timesteps and augmentation: same seed, same run.")
@@ -118,7 +130,12 @@ class TrainConfig:
     sample_inference_steps: int = option(DEFAULT_STEPS, "Steps of --sample_scheduler for the sample grids and the "
                                                         "checkpoint KID.")
     report_to: ReportTo = option(ReportTo.NONE, "Tracker for metrics and sample grids.")
-    tracker_project_name: str = option("ddpm-lesion", "wandb project / tensorboard run name.")
+    tracker_project_name: str | None = option(None, "wandb project / tensorboard run name (default: $WANDB_PROJECT, "
+                                                    "else ddpm-lesion); every command's runs of this model are "
+                                                    "grouped there under this run folder's name.")
+    log_model: bool = option(False, "With --report_to wandb: log the final EMA pipeline (and the best checkpoint) as "
+                                    "a `model` artifact, so samples and evaluations link to it. Off by default: "
+                                    "the weights are uploaded on sync and can be large.")
     logging_dir: str = option("logs", "Tracker folder, relative to --output_dir.")
     dry_run: bool = option(False, "Check the data and print the resolved configuration, then exit.")
 
@@ -130,15 +147,20 @@ MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_step
                         "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir", "save_images_steps",
                         "num_sample_images", "sample_scheduler", "sample_inference_steps", "validation_data_dir",
                         "validation_num_images", "validation_features", "max_copy_rate", "gradient_checkpointing", "torch_compile",
-                        "max_bad_steps", "report_to", "tracker_project_name", "logging_dir", "dry_run"}
+                        "max_bad_steps", "report_to", "tracker_project_name", "log_model", "logging_dir", "dry_run"}
 
 
 def validate(cfg: TrainConfig) -> None:
     if cfg.output_dir is None:
         raise UserError("--output_dir is required: the run folder for checkpoints, samples and the final model.")
-    if cfg.pretrained_model_name_or_path is None:
-        raise UserError("--pretrained_model_name_or_path is required (a hub id such as google/ddpm-ema-imagenet-64 "
-                        "or a folder written by save_pretrained).")
+    if cfg.pretrained_model_name_or_path is None and cfg.model_config is None:
+        raise UserError("--pretrained_model_name_or_path is required: a hub id in the Hugging Face cache such as "
+                        "google/ddpm-ema-church-256 (128 px) or google/ddpm-cifar10-32 (32-64 px), or a folder "
+                        "written by save_pretrained. To train from scratch instead, pass --model_config "
+                        f"{'|'.join(PRESETS)}|config.json.")
+    if cfg.pretrained_model_name_or_path is not None and cfg.model_config is not None:
+        raise UserError("--pretrained_model_name_or_path and --model_config exclude each other: the first fine-tunes "
+                        "a pretrained model, the second trains a new one from scratch. Give one of them.")
     if cfg.train_data_dir is None and cfg.dataset_name is None:
         raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
     if not 0.0 <= cfg.max_copy_rate <= 1.0:
@@ -150,8 +172,10 @@ def validate(cfg: TrainConfig) -> None:
         parse_filter(expr)
 
 
-def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
-    """Refuse to mix two different runs in one folder; say which settings differ."""
+def prepare_run_dir(cfg: TrainConfig) -> None:
+    """Refuse to mix two different runs in one folder (say which settings differ), then claim
+    the folder by writing the configuration. Main process only (`run_on_main_process`): a
+    process that checked after the main one's write would find a run that is not there."""
     run = cfg.output_dir
     saved = run / run_files.TRAIN_CONFIG
     if saved.is_file() and not cfg.overwrite_output_dir:
@@ -162,10 +186,9 @@ def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> None:
         if diffs:
             raise UserError(f"cannot resume the run in {run}: these settings differ from {saved}: "
                             + "; ".join(diffs) + ". Use the original values or a new --output_dir.")
-    if is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run)
-        save_config(cfg, saved)
+    run.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(run)
+    save_config(cfg, saved)
 
 
 def parameter_groups(unet: UNet2DModel, cfg: TrainConfig) -> list[dict]:
@@ -225,11 +248,12 @@ class TrainingData:
 
 def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
     """Decode once (cached), validate, report, and keep the images on the device as uint8."""
-    images, report, _, classes = load_training_images(
+    # The main process decodes and caches; the others read its cache, or share its error.
+    images, report, _, classes = main_process_first(accelerator, lambda: load_training_images(
         cfg.train_data_dir, cfg.labels_csv, [parse_filter(f) for f in cfg.label_filter], cfg.id_column,
         cfg.resolution, cfg.dataset_name, cfg.dataset_config_name, cfg.image_column, cfg.cache_dir,
-        main_process_first=accelerator.main_process_first, class_column=cfg.class_column,
-    )
+        class_column=cfg.class_column,
+    ))
     class_names = sorted(set(classes)) if classes is not None else None
     if class_names is not None:
         report.notes.append("classes: " + ", ".join(f"{c} ({classes.count(c)})" for c in class_names))
@@ -238,19 +262,63 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator) -> TrainingData:
         write_text_atomic(cfg.output_dir / run_files.DATA_REPORT_TEXT, report.to_text() + "\n")
         write_text_atomic(cfg.output_dir / run_files.DATA_REPORT_JSON, json.dumps(report.to_dict(), indent=2))
         if cfg.report_to is not ReportTo.NONE:
-            accelerator.init_trackers(cfg.tracker_project_name, config=to_plain_dict(cfg))
+            start_trackers(cfg, accelerator)
             tracking.log_text(accelerator, "data_report", report.to_text())
+            if cfg.report_to is ReportTo.WANDB:
+                run = _wandb_run(accelerator)
+                run.log({"data_report/table": wandb_review.table(
+                    review_tables.DATA_REPORT_COLUMNS, review_tables.data_report_rows(report.to_dict()))})
+                group = wandb_review.read_record(cfg.output_dir)["group"]  # written by start_trackers
+                wandb_review.declare_input(run, wandb_review.data_report_artifact(group, cfg.output_dir))
     labels = (torch.tensor([class_names.index(c) for c in classes], device=accelerator.device)
               if class_names is not None else None)
     return TrainingData(images.to(accelerator.device), labels, class_names)
 
 
+def start_trackers(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """Open the trackers (main process only). wandb's run is named and grouped after the
+    run folder, job type train, its files under `--logging_dir` (`ddpm_lesion.core.wandb_review`)."""
+    project = wandb_review.project_name(cfg.tracker_project_name)
+    init_kwargs = {}
+    if cfg.report_to is ReportTo.WANDB:
+        log_dir = cfg.output_dir / cfg.logging_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        init_kwargs = wandb_review.train_init_kwargs(wandb_review.training_group(cfg.output_dir, project), log_dir)
+    accelerator.init_trackers(project, config=to_plain_dict(cfg), init_kwargs=init_kwargs)
+
+
+def _wandb_run(accelerator: Accelerator):
+    return accelerator.get_tracker("wandb", unwrap=True)
+
+
+def finish_wandb(cfg: TrainConfig, accelerator: Accelerator, step: int) -> None:
+    """The checkpoint-validation table and, with --log_model, the model artifact (final
+    EMA pipeline, alias final; best checkpoint, alias best): main process, end of training."""
+    run, best = _wandb_run(accelerator), read_best(cfg.output_dir)
+    best_step = None if best is None else best["step"]
+    rows = review_tables.validation_rows(cfg.output_dir, best_step)
+    if rows:
+        run.log({"validation/table": wandb_review.table(review_tables.VALIDATION_COLUMNS, rows)}, step=step)
+    if cfg.log_model:
+        pipelines = {".": (cfg.output_dir, ["final", f"step-{step}"])}
+        if best_step is not None:
+            key = f"{run_files.CHECKPOINT_PREFIX}{best_step}/{run_files.CHECKPOINT_PIPELINE}"
+            pipelines[key] = (cfg.output_dir / key, ["best", f"step-{best_step}"])
+        group = wandb_review.read_record(cfg.output_dir)["group"]  # written by start_trackers
+        wandb_review.log_models(run, cfg.output_dir, group, pipelines)
+
+
 def build_model(cfg: TrainConfig, class_names: list[str] | None,
                 device: torch.device) -> tuple[UNet2DModel, DDPMScheduler, EMAModel | None]:
-    """The pretrained UNet (plus a class embedding for a conditional run), its noise
-    schedule, and the EMA of its weights."""
-    unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
-    noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
+    """The pretrained UNet (or, with `--model_config`, a new one from the seed; plus a class
+    embedding for a conditional run), its noise schedule, and the EMA of its weights."""
+    if cfg.model_config is not None:
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+        unet = unet_from_config(cfg.model_config)
+        noise_scheduler = DDPMScheduler(num_train_timesteps=1000)  # diffusers' train_unconditional.py default
+    else:
+        unet = load_unet(cfg.pretrained_model_name_or_path, cfg.revision)
+        noise_scheduler = load_noise_scheduler(cfg.pretrained_model_name_or_path, cfg.revision)
     check_resolution(unet, cfg.resolution)
     if class_names is not None:
         unet = add_class_embedding(unet, len(class_names))
@@ -294,7 +362,8 @@ def record_step(state: checkpoints.TrainerState, finite: bool, max_bad_steps: in
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) a fine-tune; returns the run folder, which then loads with
     `DDPMPipeline.from_pretrained(run)`."""
-    validate(cfg)
+    with same_on_every_process():
+        validate(cfg)
     run = cfg.output_dir
     accelerator = Accelerator(
         cpu=use_cpu(),
@@ -308,14 +377,19 @@ def train(cfg: TrainConfig) -> Path:
     say(f"ddpm-lesion: training on {accelerator.num_processes} process(es), device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}")
     if not cfg.dry_run:
-        prepare_run_dir(cfg, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
+        run_on_main_process(accelerator, lambda: prepare_run_dir(cfg))
 
     data = load_data(cfg, accelerator)
     if cfg.dry_run:
         say("\n".join(f"{k}: {v}" for k, v in to_plain_dict(cfg).items()))
         return run
-    unet, noise_scheduler, ema = build_model(cfg, data.class_names, accelerator.device)
+    unet, noise_scheduler, ema = main_process_first(accelerator,
+                                                    lambda: build_model(cfg, data.class_names, accelerator.device))
+    if accelerator.is_main_process:
+        base = model_card.record_base_model(run, cfg.pretrained_model_name_or_path, cfg.revision, cfg.model_config,
+                                            accelerator.unwrap_model(unet), noise_scheduler)
+        if base.get("from_scratch"):
+            say(f"warning: {FROM_SCRATCH_WARNING}")
     optimizer = build_optimizer(cfg, unet, accelerator.device)
     images, labels, class_names = data.images, data.labels, data.class_names
     per_epoch = batching.steps_per_epoch(len(images), cfg.train_batch_size, accelerator.num_processes,
@@ -329,7 +403,7 @@ def train(cfg: TrainConfig) -> Path:
 
     state = checkpoints.TrainerState()
     if cfg.resume_from_checkpoint:
-        path = checkpoints.find_checkpoint(run, cfg.resume_from_checkpoint)
+        path = run_on_main_process(accelerator, lambda: checkpoints.find_checkpoint(run, cfg.resume_from_checkpoint))
         if path is None:
             say(f"no checkpoint in {run} yet: starting a fresh run")
         else:
@@ -382,6 +456,7 @@ def train(cfg: TrainConfig) -> Path:
                 if validator is not None:
                     validate_checkpoint(validator, accelerator, run, unet, ema, noise_scheduler, state.global_step,
                                         class_names, progress.write, cfg.max_copy_rate)
+                    model_card.write_model_card(run)  # the best checkpoint so far, as soon as it is known
                     checkpoints.rotate_checkpoints(run, cfg.checkpoints_total_limit)  # a new best frees the old one
             progress.write(f"saved {path}")
         if accelerator.is_main_process and (done or state.global_step % cfg.save_images_steps == 0):
@@ -394,6 +469,9 @@ def train(cfg: TrainConfig) -> Path:
 
     if accelerator.is_main_process:
         publish_final(run, max_steps)
+        model_card.write_model_card(run)
+        if cfg.report_to is ReportTo.WANDB:
+            finish_wandb(cfg, accelerator, max_steps)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
             f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
     # Not `end_training()`: it also destroys the process group, which a caller such as
@@ -417,7 +495,7 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
         micro_step = step * cfg.gradient_accumulation_steps + micro
         index = batching.micro_batch_indices(len(images), cfg.train_batch_size, micro_step, accelerator.process_index,
                                              accelerator.num_processes, cfg.seed)
-        generator = batching.micro_batch_generator(cfg.seed, micro_step, accelerator.process_index)
+        generator = batching.slot_generator(cfg.seed, micro_step, accelerator.process_index, accelerator.num_processes)
         clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
         clean = clean.contiguous(memory_format=torch.channels_last)
         class_labels = None

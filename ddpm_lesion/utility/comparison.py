@@ -223,6 +223,3 @@ def run_utility(labels_csv: Path, train_data_dir: Path, test_csv: Path, output_d
     if output_dir is not None:
         write_utility_report(Path(output_dir), result, data.test.ids, y_test, scores)
     return result
-
-
-# ------------------------------------------------------------------------ command line

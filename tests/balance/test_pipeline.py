@@ -36,7 +36,7 @@ from ddpm_lesion.data.label_writer import write_labels
 from ddpm_lesion.data.labels import CsvFormat, read_labels
 from ddpm_lesion.sample.provenance import is_synthetic, read_manifest, read_png_text
 from tests.helpers import save_tiny_pipeline, write_images
-from tests.launch_utils import REPO, free_port, script_env
+from tests.launch_utils import REPO, free_port, race_hook_env, script_env
 
 HAM_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,split"
 ISIC2020_HEADER = ("image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,"
@@ -382,7 +382,9 @@ def test_output_dir_inside_the_training_images_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_isic2020_per_class_under_accelerate_launch(tmp_path):
-    """Two CPU processes: both train and sample, only the main process writes the CSV."""
+    """Two CPU processes: both train and sample, only the main process writes the CSV. A fresh
+    output folder, with rank 1 held back 3 s after joining, so it would see whatever rank 0
+    had already written if any rank decided from the folder on its own."""
     ids = write_images(tmp_path / "images", 6, size=16)
     lines = [ISIC2020_HEADER] + [f"{ids[i]},IP_{i // 2},male,45.0,torso,{d},{bm},{t}" for i, (d, bm, t) in enumerate(
         [("nevus", "benign", 0)] * 4 + [("melanoma", "malignant", 1)] * 2)]
@@ -394,7 +396,8 @@ def test_isic2020_per_class_under_accelerate_launch(tmp_path):
                "--train_data_dir", str(tmp_path / "images"), "--labels_csv", str(labels), "--output_dir", str(out),
                "--pretrained_model_name_or_path", str(save_tiny_pipeline(tmp_path / "pretrained")),
                "--cache_dir", str(tmp_path / "cache"), *TINY_RUN, "--train_batch_size", "1"]
-    result = subprocess.run(command, env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=script_env(race_hook_env(tmp_path / "hook", delay_rank=1)), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training on 2 process(es)" in result.stdout
     assert sorted(p.name for p in (out / "model").iterdir()) == ["1"]  # only the class to top up gets a model

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -189,35 +187,6 @@ def test_cache_key_changes_with_files_and_resolution(
     tensor, _, names = load(folder, csv, tmp_path, filters, resolution=resolution)
     assert counter.calls == len(names) + 1  # every found file decoded again, the corrupt one included
     assert tensor.shape[-1] == resolution
-
-
-def test_main_process_first_wraps_the_cache_write(image_dir: Path, tmp_path: Path) -> None:
-    events: list[str] = []
-
-    @contextlib.contextmanager
-    def main_first() -> Iterator[None]:
-        events.append("enter")
-        yield
-        events.append("exit")
-        assert list((tmp_path / "cache").glob("images-*.arrow")), "cache should be written inside the block"
-
-    load(image_dir, None, tmp_path, main_process_first=main_first)
-    assert events == ["enter", "exit"]
-
-
-def test_error_is_raised_after_leaving_main_process_first(tmp_path: Path) -> None:
-    # Like accelerate's: the main process's closing barrier sits after `yield`, not in a
-    # `finally`, so an error raised inside the block would strand the other processes.
-    events: list[str] = []
-
-    @contextlib.contextmanager
-    def main_first() -> Iterator[None]:
-        yield
-        events.append("barrier reached")
-
-    with pytest.raises(UserError, match="does not exist"):
-        load(tmp_path / "nope", None, tmp_path, main_process_first=main_first)
-    assert events == ["barrier reached"]
 
 
 # ------------------------------------------------------------------ errors

@@ -12,29 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
 from ddpm_lesion.commands.cli import main
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.data.demo_lesions import draw_lesion
 from ddpm_lesion.evaluate.audit import EvalConfig, evaluate_folders
 from ddpm_lesion.evaluate.features import FeatureSpace
-from tests.helpers import REPO
-
-FAST = ["--resolution", "32", "--kid_subsets", "5", "--kid_subset_size", "10"]
-
-
-def draw_folder(folder: Path, seed: int, n: int, prefix: str = "ISIC_") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        path = folder / f"{prefix}{seed}{i:05d}.png"
-        draw_lesion(rng, 32, malignant=bool(i % 2)).save(path)
-        paths.append(path)
-    return paths
+from tests.helpers import EVALUATE_FAST as FAST
+from tests.helpers import REPO, draw_folder
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import save_tiny_pipeline, tiny_unet
-from tests.launch_utils import REPO, run_script, start_script
+from tests.launch_utils import REPO, race_hook_env, run_script, start_script
 
 sys.path.insert(0, str(REPO))
 import sample_ddpm  # noqa: E402
@@ -135,10 +135,13 @@ def test_shards_together_equal_one_run(reference, model, tmp_path):
 @pytest.mark.parametrize("launch", ["flags", "config_file"])
 def test_two_processes_equal_one(reference, model, tmp_path, launch):
     """`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`, and the
-    shipped config file without that variable (ranks then choose the CPU themselves)."""
+    shipped config file without that variable (ranks then choose the CPU themselves). Into a
+    fresh folder, with rank 1 (then rank 0) held back 3 s after joining: a rank that checked
+    the folder after the other had started writing would refuse it or plan other work."""
     out = tmp_path / "out"
-    how = ({"num_processes": 2} if launch == "flags" else
-           {"config_file": REPO / "accelerate_configs" / "cpu_2proc.yaml", "env": {"ACCELERATE_USE_CPU": "false"}})
+    how = ({"num_processes": 2, "env": race_hook_env(tmp_path / "hook", delay_rank=1)} if launch == "flags" else
+           {"config_file": REPO / "accelerate_configs" / "cpu_2proc.yaml",
+            "env": {"ACCELERATE_USE_CPU": "false", **race_hook_env(tmp_path / "hook", delay_rank=0)}})
     result = run_script("sample_ddpm.py", ["--model_dir", str(model), "--output_dir", str(out),
                                            "--num_images", "18", *FAST], **how)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -62,6 +62,33 @@ def test_steps_per_epoch_rounds_up():
     assert batching.steps_per_epoch(374, 16, 2, 2) == 6
 
 
+def draws(step: int, world: int, accumulation: int, n: int = 37, batch: int = 3, seed: int = 5) -> list[tuple]:
+    """(image indices, first noise draws) of each micro-batch of one optimizer step, in slot order."""
+    out = []
+    for micro in range(accumulation):
+        for rank in range(world):
+            micro_step = step * accumulation + micro
+            generator = batching.slot_generator(seed, micro_step, rank, world)
+            out.append((micro_step * world + rank, batching.micro_batch_indices(n, batch, micro_step, rank, world, seed),
+                        torch.randn(6, generator=generator)))
+    return [(indices, noise) for _, indices, noise in sorted(out, key=lambda slot: slot[0])]
+
+
+@pytest.mark.parametrize("world, accumulation", [(4, 1), (2, 2)])
+def test_any_split_of_the_global_batch_sees_the_same_images_and_noise(world, accumulation):
+    """4 processes x 1 accumulation step, 2 x 2 and 1 x 4: same images, same noise per step."""
+    for step in range(5):  # 5 steps x 12 images > one epoch of 37: crosses an epoch boundary
+        reference, split = draws(step, 1, 4), draws(step, world, accumulation)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(reference, split, strict=True))
+    assert not torch.equal(draws(0, 1, 4)[0][1], draws(0, 1, 4)[1][1])  # micro-batches still differ
+
+
+def test_one_process_runs_keep_their_draws():
+    for micro_step in range(3):
+        assert torch.equal(torch.randn(4, generator=batching.slot_generator(9, micro_step, 0, 1)),
+                           torch.randn(4, generator=batching.micro_batch_generator(9, micro_step, 0)))
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_loss_regresses_the_configured_target(prediction_type):
     """Hand-built check: a 'network' that returns exactly the target has zero loss."""
@@ -230,7 +257,7 @@ def test_planted_pickle_as_pretrained_model_is_refused_without_running(tmp_path)
 
     (model / WEIGHTS).unlink()
     torch.save({"conv_in.weight": Evil()}, model / "unet/diffusion_pytorch_model.bin")
-    with pytest.raises(UserError, match="could not load the UNet2DModel"):
+    with pytest.raises(UserError, match="refusing to load .*diffusion_pytorch_model.bin.*could run code"):
         from ddpm_lesion.model.pretrained import load_unet
         load_unet(str(model))
     assert not marker.exists()
