@@ -51,7 +51,7 @@ from ddpm_lesion.sample.samplers import (
 from ddpm_lesion.train import batching, checkpoints, tracking
 from ddpm_lesion.train.checkpoint_kid import CheckpointValidator
 from ddpm_lesion.train.checkpoint_kid import record as record_validation
-from ddpm_lesion.train.losses import augment, diffusion_loss
+from ddpm_lesion.train.losses import Augmentation, augment, diffusion_loss
 
 
 @dataclass
@@ -68,7 +68,9 @@ class TrainConfig:
     image_column: str = option("image", "Image column of --dataset_name.")
     cache_dir: Path | None = option(None, "Where decoded, resized images and downloads are cached.")
     resolution: int = option(64, "Training resolution in pixels: images are resized (shorter side) and centre-cropped to it.")
-    random_flip: bool = option(True, "Randomly flip images horizontally (dermoscopy has no canonical orientation).")
+    augmentation: Augmentation = option(Augmentation.HFLIP, "Orientations shown of each training image: dihedral = "
+                                                            "all 8 flips and quarter turns (dermoscopy has no up or "
+                                                            "left), hflip = horizontal flips, none.")
     class_column: str | None = option(None, "Train ONE class-conditional model: the CSV column holding each image's class (e.g. dx), or comma-separated one-hot columns (e.g. MEL,NV,BCC).")
     class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
     label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
@@ -90,6 +92,8 @@ class TrainConfig:
     adam_weight_decay: float = option(1e-6, "AdamW weight decay.")
     adam_epsilon: float = option(1e-8, "AdamW epsilon.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    snr_gamma: float | None = option(None, "Min-SNR-γ loss weighting (Hang et al. 2023; 5 is their choice): caps the "
+                                           "weight of nearly clean timesteps. Default: the plain, uniform loss.")
     use_ema: bool = option(False, "Keep an exponential moving average of the weights and publish it.")
     ema_inv_gamma: float = option(1.0, "EMA warm-up inv_gamma.")
     ema_power: float = option(0.75, "EMA warm-up power (3/4 suits runs under ~100k steps).")
@@ -143,6 +147,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
+    if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
+        raise UserError(f"--snr_gamma must be positive (5 is the usual choice), got {cfg.snr_gamma}.")
     for expr in cfg.label_filter:
         parse_filter(expr)
 
@@ -415,14 +421,14 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
         index = batching.micro_batch_indices(len(images), cfg.train_batch_size, micro_step, accelerator.process_index,
                                              accelerator.num_processes, cfg.seed)
         generator = batching.micro_batch_generator(cfg.seed, micro_step, accelerator.process_index)
-        clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
+        clean = augment(images[index.to(images.device)], generator, cfg.augmentation)
         clean = clean.contiguous(memory_format=torch.channels_last)
         class_labels = None
         if labels is not None:
             null = accelerator.unwrap_model(unet).config.num_class_embeds - 1
             class_labels = drop_labels(labels[index.to(labels.device)], cfg.label_dropout, null, generator)
         with accelerator.accumulate(unet):
-            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels)
+            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels, cfg.snr_gamma)
             all_losses = accelerator.gather(loss.detach().reshape(1))
             if not torch.isfinite(all_losses).all():
                 finite = False

@@ -327,3 +327,14 @@ def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, mo
     train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features", "pixels",
                    "--validation_num_images", "4", "--checkpointing_steps", "2", *flags, steps=2))
     assert len(used) >= 2 and set(used) == {expected}  # one KID, one grid at least
+
+
+def test_dihedral_and_min_snr_run_and_are_guarded_on_resume(tmp_path):
+    run = train(make_cfg(tmp_path, "--augmentation", "dihedral", "--snr_gamma", "5"))
+    assert (run / "model_index.json").is_file()
+    saved = yaml.safe_load((run / "train_config.yaml").read_text())
+    assert (saved["augmentation"], saved["snr_gamma"]) == ("dihedral", 5.0)
+    with pytest.raises(UserError, match="augmentation: 'dihedral' -> 'hflip'"):
+        train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=6))
+    with pytest.raises(UserError, match="--snr_gamma must be positive"):
+        train(make_cfg(tmp_path, "--snr_gamma", "0", "--output_dir", str(tmp_path / "other")))
