@@ -150,6 +150,7 @@ def run_recipe(spec: str, folders: dict[str, Path], args: argparse.Namespace) ->
            "sampler": f"{config.get('scheduler')}:{config.get('num_inference_steps')}",
            "train_minutes": train_seconds / 60, "images_per_second": args.num_images / sample_seconds,
            **score(folders, samples / "individual")}
+    write_text_atomic(work / "row.json", json.dumps(row, indent=2))
     print(json.dumps(row), flush=True)
     return row
 
@@ -175,7 +176,8 @@ def main() -> None:
     rows = [floor] + [run_recipe(spec, folders, args) for spec in args.recipes]
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(table(rows))
-    write_text_atomic(args.work_dir / "results.json", json.dumps({"machine": info, "rows": rows}, indent=2))
+    names = "+".join(row["recipe"] for row in rows[1:])
+    write_text_atomic(args.work_dir / f"results-{names}.json", json.dumps({"machine": info, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
