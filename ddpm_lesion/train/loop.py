@@ -39,6 +39,7 @@ from ddpm_lesion.data.training_images import load_training_images
 from ddpm_lesion.evaluate.features import FeatureSpace
 from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
 from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet
+from ddpm_lesion.sample.pick_sampler import PickSamplerConfig, pick_sampler
 from ddpm_lesion.sample.samplers import (
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
@@ -107,6 +108,12 @@ class TrainConfig:
     validation_data_dir: Path | None = option(None, "Held-out real images: at every checkpoint, KID of fixed-seed samples against them; the lowest marks the best checkpoint (sample it with --checkpoint best).")
     validation_num_images: int = option(64, "Samples scored at each checkpoint with --validation_data_dir.")
     validation_features: FeatureSpace = option(FeatureSpace.EFFICIENTNET, "Feature space of the checkpoint KID (efficientnet works offline).")
+    choose_sampler: bool = option(True, "With --validation_data_dir: at the end, measure which sampler makes the "
+                                        "final weights' images in the fewest steps as well as DDPM-50 does, against "
+                                        "the validation images (`ddpm-lesion pick-sampler`), and write sampler.json "
+                                        "so sample_ddpm.py uses it by default.")
+    sampler_choice_images: int = option(500, "Images per sampler setting for --choose_sampler (pick-sampler's "
+                                             "--num_images).")
     # Checkpoints, logging, samples
     checkpointing_steps: int = option(500, "Save a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = option(None, "Keep only the newest N checkpoints.")
@@ -132,7 +139,8 @@ class TrainConfig:
 MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_steps", "checkpointing_steps",
                         "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir", "save_images_steps",
                         "num_sample_images", "sample_scheduler", "sample_inference_steps", "validation_data_dir",
-                        "validation_num_images", "validation_features", "gradient_checkpointing", "torch_compile",
+                        "validation_num_images", "validation_features", "choose_sampler", "sampler_choice_images",
+                        "gradient_checkpointing", "torch_compile",
                         "max_bad_steps", "report_to", "tracker_project_name", "logging_dir", "dry_run"}
 
 
@@ -144,7 +152,8 @@ def validate(cfg: TrainConfig) -> None:
                         "or a folder written by save_pretrained).")
     if cfg.train_data_dir is None and cfg.dataset_name is None:
         raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps",
+                 "sampler_choice_images"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
     if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
@@ -399,6 +408,8 @@ def train(cfg: TrainConfig) -> Path:
         publish_final(run, max_steps)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
             f"samples in {run / 'samples'}, loss curve {run / 'loss.png'}")
+    if cfg.validation_data_dir is not None and cfg.choose_sampler:
+        choose_sampler(cfg, accelerator, class_names)
     # Not `end_training()`: it also destroys the process group, which a caller such as
     # `ddpm-lesion balance` still needs for sampling right after training.
     for tracker in accelerator.trackers:
@@ -470,6 +481,29 @@ def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel
                        cfg.sample_inference_steps, cfg.seed, class_names)
     write_bytes_atomic(cfg.output_dir / run_files.SAMPLES_DIR / f"step-{step:07d}.png", encode_png(grid))
     tracking.log_image(accelerator, "samples", grid, step)
+
+
+def choose_sampler(cfg: TrainConfig, accelerator: Accelerator, class_names: list[str] | None) -> None:
+    """`pick-sampler` on the final EMA pipeline against the validation images, so the run
+    folder says which sampler reaches DDPM-50's quality fastest (`sampler.json`, read by
+    sample_ddpm.py) without a separate command. It generates through `sample_ddpm`'s
+    distributed generation, whose barriers every rank would have to join, so under several
+    processes, and for a class-conditional model (measured per class), it says how to run
+    it instead."""
+    command = (f"ddpm-lesion pick-sampler --model_dir {cfg.output_dir} --real_dir {cfg.validation_data_dir} "
+               f"--features {cfg.validation_features.value}")
+    if accelerator.num_processes > 1 or class_names is not None:
+        why = "several processes" if accelerator.num_processes > 1 else "a class-conditional model"
+        accelerator.print(f"sampler choice skipped ({why}); run it with: {command}"
+                          + (" --class_label CLASS" if class_names is not None else ""))
+        return
+    record = pick_sampler(PickSamplerConfig(model_dir=str(cfg.output_dir), real_dir=cfg.validation_data_dir,
+                                            features=cfg.validation_features, num_images=cfg.sampler_choice_images,
+                                            resolution=cfg.resolution, seed=cfg.seed))
+    accelerator.print(f"sampler: {record['scheduler']}, {record['num_inference_steps']} steps "
+                      f"({record['speed_up_vs_reference']:.1f}x fewer network calls than "
+                      f"{record['reference']['setting']}, chosen in {record['seconds'] / 60:.1f} min; "
+                      f"{run_files.PICKED_SAMPLER}, report {record['report']}). Re-check later with: {command}")
 
 
 def publish_final(run: Path, step: int) -> None:
