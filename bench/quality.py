@@ -14,7 +14,9 @@ defaults (the sampler its training run chose, `sampler.json`). Screen an ingredi
 `NAME=FLAGS`, flags added to the origin's, e.g. `dihedral="--augmentation dihedral"`.
 A row per recipe: KID x1e3 [2.5-97.5%] in EfficientNet-Lite0 features, precision, recall,
 coverage (k = 5), training images copied, off-colour fraction (mean colour with blue or green
-above red), training minutes and sampling images/s; plus the floor (the training patches
+above red), minutes of `train_ddpm.py` (for the recipe including its checkpoint KIDs and its
+sampler choice, also shown alone) and sampling images/s; the recipe is also sampled with
+DDPM-50 on the same weights, for the speed-up of its chosen sampler at equal quality; plus the floor (the training patches
 themselves scored as if generated). Rerunning resumes: finished stages are read back.
 
     python bench/quality.py origin small-data              # ~20 min on 2 CPU cores
@@ -131,7 +133,9 @@ def score(folders: dict[str, Path], synthetic: Path, check_copies: bool = True) 
             "n": len(pixels), "off_colour": metrics.off_colour_fraction(pixels.reshape(len(pixels), -1, 3).mean(1))}
 
 
-def run_recipe(spec: str, folders: dict[str, Path], args: argparse.Namespace) -> dict:
+def run_recipe(spec: str, folders: dict[str, Path], args: argparse.Namespace) -> list[dict]:
+    """Train once, then sample and score: with the recipe's sampler, and for a recipe that
+    chose its own sampler also with DDPM-50 on the same weights (the speed-up and both KIDs)."""
     name, train_flags, sample_flags, validate = recipe_flags(spec, args.sample_flags)
     work = args.work_dir / name
     run = work / "run"
@@ -141,18 +145,25 @@ def run_recipe(spec: str, folders: dict[str, Path], args: argparse.Namespace) ->
                            *(["--validation_data_dir", str(folders["validation"])] if validate else []),
                            "--cache_dir", str(args.work_dir / "cache"), "--resume_from_checkpoint", "latest"],
                           work / "train_time.json")
-    samples = work / "samples"
-    sample_seconds = timed([sys.executable, "sample_ddpm.py", "--model_dir", str(run), "--num_images",
-                            str(args.num_images), "--output_dir", str(samples), "--seed", "0", *sample_flags],
-                           work / "sample_time.json")
-    config = yaml.safe_load((samples / "sample_config.yaml").read_text())
-    row = {"recipe": name, "train_flags": train_flags, "sample_flags": sample_flags,
-           "sampler": f"{config.get('scheduler')}:{config.get('num_inference_steps')}",
-           "train_minutes": train_seconds / 60, "images_per_second": args.num_images / sample_seconds,
-           **score(folders, samples / "individual")}
-    write_text_atomic(work / "row.json", json.dumps(row, indent=2))
-    print(json.dumps(row), flush=True)
-    return row
+    choice = json.loads((run / "sampler.json").read_text()) if (run / "sampler.json").is_file() else None
+    rows = []
+    runs = [(name, sample_flags, "samples", "sample_time.json")]
+    if choice:
+        runs.append((f"{name}, DDPM-50", ORIGIN_SAMPLER, "samples-ddpm50", "sample-ddpm50_time.json"))
+    for label, flags, folder, record in runs:
+        samples = work / folder
+        sample_seconds = timed([sys.executable, "sample_ddpm.py", "--model_dir", str(run), "--num_images",
+                                str(args.num_images), "--output_dir", str(samples), "--seed", "0", *flags],
+                               work / record)
+        config = yaml.safe_load((samples / "sample_config.yaml").read_text())
+        rows.append({"recipe": label, "train_flags": train_flags, "sample_flags": flags,
+                     "sampler": f"{config['scheduler']}:{config['num_inference_steps']}",
+                     "train_minutes": train_seconds / 60, "images_per_second": args.num_images / sample_seconds,
+                     "sampler_choice_minutes": None if choice is None else choice["seconds"] / 60,
+                     **score(folders, samples / "individual")})
+        print(json.dumps(rows[-1]), flush=True)
+    write_text_atomic(work / "rows.json", json.dumps(rows, indent=2))
+    return rows
 
 
 def table(rows: list[dict]) -> str:
@@ -163,9 +174,10 @@ def table(rows: list[dict]) -> str:
                      f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['coverage']:.2f}",
                      "—" if r["copies"] is None else f"{r['copies']}/{r['n']}", f"{100 * r['off_colour']:.1f}%",
                      "—" if "train_minutes" not in r else f"{r['train_minutes']:.1f}",
+                     "—" if r.get("sampler_choice_minutes") is None else f"{r['sampler_choice_minutes']:.1f}",
                      "—" if "images_per_second" not in r else f"{r['images_per_second']:.1f}"])
     return markdown_table(["recipe", "sampler", "KID ×1e3 [2.5–97.5%]", "precision", "recall", "coverage", "copies",
-                           "off-colour", "train min", "sample img/s"], body)
+                           "off-colour", "train min", "of which sampler choice", "sample img/s"], body)
 
 
 def main() -> None:
@@ -173,10 +185,10 @@ def main() -> None:
     info = machine()
     folders = split(args.data, args.work_dir, args.train_size, args.validation_size, args.seed)
     floor = {"recipe": "floor: training patches as samples", **score(folders, folders["train"], check_copies=False)}
-    rows = [floor] + [run_recipe(spec, folders, args) for spec in args.recipes]
+    rows = [floor] + [row for spec in args.recipes for row in run_recipe(spec, folders, args)]
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(table(rows))
-    names = "+".join(row["recipe"] for row in rows[1:])
+    names = "+".join(name.partition("=")[0] for name in args.recipes)
     write_text_atomic(args.work_dir / f"results-{names}.json", json.dumps({"machine": info, "rows": rows}, indent=2))
 
 
