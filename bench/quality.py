@@ -11,7 +11,8 @@ Recipes: `origin` = the demo's fine-tune (`scripts/demo.sh`: the bundled cartoon
 tiny model, lr 1e-4 with 20 warm-up steps, 1,500 steps of batch 16, EMA, horizontal flips),
 sampled with DDPM-50; `small-data` = `configs/small-data.yaml`, sampled with `sample_ddpm.py`'s
 defaults (the sampler its training run chose, `sampler.json`). Screen an ingredient with
-`NAME=FLAGS`, flags added to the origin's, e.g. `dihedral="--augmentation dihedral"`.
+`NAME=FLAGS`, flags added to the origin's (or with `--base small-data` to the recipe's), e.g.
+`dihedral="--augmentation dihedral"`.
 A row per recipe: KID x1e3 [2.5-97.5%] in EfficientNet-Lite0 features, precision, recall,
 coverage (k = 5), training images copied, off-colour fraction (mean colour with blue or green
 above red), minutes of `train_ddpm.py` (for the recipe including its checkpoint KIDs and its
@@ -69,7 +70,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num_images", type=int, default=500, help="images sampled per recipe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split")
     parser.add_argument("--sample_flags", default="", help="extra sample_ddpm.py flags for NAME=FLAGS recipes "
-                                                           "(default: DDPM-50, the origin's sampler)")
+                                                           "(default: the base recipe's sampler)")
+    parser.add_argument("--base", choices=sorted(BUILT_IN), default="origin",
+                        help="the recipe NAME=FLAGS adds its flags to (small-data: with its validation and "
+                             "sampler choice)")
     return parser.parse_args()
 
 
@@ -99,13 +103,14 @@ def split(data: Path, out: Path, train_size: int, validation_size: int, seed: in
     return folders
 
 
-def recipe_flags(spec: str, sample_flags: str) -> tuple[str, list[str], list[str], bool]:
+def recipe_flags(spec: str, sample_flags: str, base: str) -> tuple[str, list[str], list[str], bool]:
     if spec in BUILT_IN:
         return spec, *BUILT_IN[spec]
     name, sep, flags = spec.partition("=")
     if not sep:
         raise SystemExit(f"recipe {spec!r}: give origin, small-data or NAME=FLAGS")
-    return name, ORIGIN + shlex.split(flags), shlex.split(sample_flags) or ORIGIN_SAMPLER, False
+    base_train, base_sample, validate = BUILT_IN[base]
+    return name, base_train + shlex.split(flags), shlex.split(sample_flags) or base_sample, validate
 
 
 def timed(command: list[str], record: Path) -> float:
@@ -136,7 +141,7 @@ def score(folders: dict[str, Path], synthetic: Path, check_copies: bool = True) 
 def run_recipe(spec: str, folders: dict[str, Path], args: argparse.Namespace) -> list[dict]:
     """Train once, then sample and score: with the recipe's sampler, and for a recipe that
     chose its own sampler also with DDPM-50 on the same weights (the speed-up and both KIDs)."""
-    name, train_flags, sample_flags, validate = recipe_flags(spec, args.sample_flags)
+    name, train_flags, sample_flags, validate = recipe_flags(spec, args.sample_flags, args.base)
     work = args.work_dir / name
     run = work / "run"
     work.mkdir(parents=True, exist_ok=True)
