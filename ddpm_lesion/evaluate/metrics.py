@@ -237,3 +237,15 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def off_colour_fraction(mean_rgb: np.ndarray) -> float:
+    """Fraction of images whose mean colour (an `(N, 3)` array of per-image mean R, G, B)
+    has blue or green above red. Skin, lesion and blood are red-dominant under a
+    dermatoscope's white light (0.6% of the PH² dev patches are not), so a generator that
+    makes blue, purple, green or yellow squares shows its pretraining prior through; KID
+    in an ImageNet feature space weighs colour too little to flag this on its own."""
+    rgb = _as_2d(mean_rgb, "mean_rgb")
+    if rgb.shape[1] != 3:
+        raise ValueError(f"mean_rgb must have 3 columns (R, G, B), got {rgb.shape[1]}")
+    return float(((rgb[:, 2] > rgb[:, 0]) | (rgb[:, 1] > rgb[:, 0])).mean())

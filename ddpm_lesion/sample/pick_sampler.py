@@ -9,9 +9,13 @@ this command generates the same image indices (the same initial noise) with the 
 (DDPM, 50 steps: the origin's sampler and `sample_ddpm.py`'s default) and with candidates
 in order of cost, scores every set against held-out real images on the same KID subsets,
 and stops at the cheapest step count whose KID is within `--tolerance` of the reference's.
-The choice goes to `sampler.json` in the model folder, with the model's fingerprint and the
-evidence, and `sample_ddpm.py` uses it whenever `--scheduler`/`--num_inference_steps` are
-left automatic (and ignores it, saying so, once the weights change).
+Cheaper than measuring everything: the real images' features are cached; each candidate
+first makes only `--screen_images` images and stops there when it is clearly worse than the
+reference (`clearly_worse`); and a family (scheduler) clearly worse at two step counts, and
+no better at the second, is not tried at more. The choice goes to `sampler.json` in the
+model folder, with the model's fingerprint and the evidence, and `sample_ddpm.py` uses it
+whenever `--scheduler`/`--num_inference_steps` are left automatic (and ignores it, saying
+so, once the weights change). Training with `--validation_data_dir` runs this at its end.
 
 Generation goes through `generation.generate`, so each setting's images are an ordinary,
 resumable `sample_ddpm.py` folder under `--output_dir` (with preview grids to look at).
@@ -20,7 +24,9 @@ resumable `sample_ddpm.py` folder under `--output_dir` (with preview grids to lo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +41,7 @@ from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.core.version import __version__
 from ddpm_lesion.data.evaluation_sets import load_image_set
 from ddpm_lesion.evaluate import metrics
-from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, cached_features, extract, resolve_extractors
+from ddpm_lesion.evaluate.features import Extractor, FeatureSpace, cached_features, resolve_extractors
 from ddpm_lesion.model.pretrained import load_pipeline, model_sha256, resolve_pipeline_dir
 from ddpm_lesion.sample.generation import generate
 from ddpm_lesion.sample.sample_config import SampleConfig
@@ -82,8 +88,11 @@ class PickSamplerConfig:
     output_dir: Path | None = option(None, "Where each setting's images, the report and the plot go (default: "
                                            "MODEL/sampler_choice). Rerunning resumes.")
     candidates: list[str] = option(
-        ["dpmsolver++:10", "unipc:10", "sde-dpmsolver++:10", "dpmsolver++:15", "unipc:15", "sde-dpmsolver++:15",
-         "dpmsolver++:20", "unipc:20", "sde-dpmsolver++:20", "ddpm:25", "sde-dpmsolver++:30", "ddpm:30", "ddpm:40"],
+        [f"{name}:{steps}" for steps in (10, 15, 20) for name in
+         ("dpmsolver++", "unipc", "sde-dpmsolver++", "dpmsolver++-trailing", "unipc-trailing",
+          "sde-dpmsolver++-trailing", "unipc-linspace", "ddim-eta0.5", "ddim-eta1")]
+        + ["ddpm:25", "sde-dpmsolver++:25", "sde-dpmsolver++-trailing:25", "ddpm:30", "sde-dpmsolver++:30",
+           "sde-dpmsolver++-trailing:30", "ddpm:40", "sde-dpmsolver++:40"],
         "Settings to try, cheapest (fewest steps) first; repeat the flag for several, e.g. --candidates ddim:16 "
         "--candidates ddim:20.", metavar="SCHEDULER:STEPS")
     reference: str = option(REFERENCE, "The setting whose quality is the bar: sample_ddpm.py's default, the origin's "
@@ -91,6 +100,9 @@ class PickSamplerConfig:
     tolerance: float = option(0.1, "Accept a candidate whose KID is at most this fraction above the reference's "
                                    "(mean of the paired subset differences); 0 = no worse at all.")
     num_images: int = option(500, "Images per setting (the same indices, so the same noise, for every setting).")
+    screen_images: int = option(100, "First screen: each candidate makes its first this many images, and one "
+                                     "clearly worse than the reference on them (the optimistic end of the paired "
+                                     "interval outside --tolerance) stops there; the others make all --num_images.")
     features: FeatureSpace = option(FeatureSpace.AUTO, "Feature space of the KID: auto = FID Inception-v3 if its "
                                                        "weights are found offline, else EfficientNet-Lite0.",
                                     choices=[FeatureSpace.AUTO.value, FeatureSpace.INCEPTION.value,
@@ -131,6 +143,12 @@ def within_tolerance(candidate: Scored, reference: Scored, tolerance: float) -> 
     return candidate.difference.mean <= tolerance * max(reference.kid.mean, 0.0)
 
 
+def clearly_worse(candidate: Scored, reference: Scored, tolerance: float) -> bool:
+    """Worse beyond `tolerance` even at the optimistic (2.5%) end of the paired differences:
+    more images would not bring it within tolerance, so making them is wasted time."""
+    return candidate.difference.low > tolerance * max(reference.kid.mean, 0.0)
+
+
 def choose(reference: Scored, candidates: list[Scored], tolerance: float) -> Scored:
     """The cheapest candidate within tolerance (among equally cheap ones the lowest KID),
     or the reference when none is."""
@@ -156,25 +174,50 @@ def pick_sampler(cfg: PickSamplerConfig) -> dict:
         raise UserError(f"--real_dir {cfg.real_dir}: KID needs at least 2 real images, found {len(real.pixels)}.")
     print(f"ddpm-lesion pick-sampler: {pipeline_dir}, {len(real.pixels)} real images, {cfg.num_images} images per "
           f"setting, KID in {extractor.key} at {resolution} px, tolerance {cfg.tolerance:.0%}", flush=True)
-    real_features = extract(extractor, real.pixels)
+    real_features = _real_features(extractor, real.pixels, out)
 
-    def score(setting: Setting, against: np.ndarray | None) -> tuple[Scored, np.ndarray]:
-        features = _setting_features(cfg, pipeline_dir, setting, out, extractor, resolution)
+    def score(setting: Setting, num_images: int, against: np.ndarray | None) -> tuple[Scored, np.ndarray]:
+        features = _setting_features(cfg, pipeline_dir, setting, out, extractor, resolution, num_images)
         kid = metrics.kid(real_features, features, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
         difference = None if against is None else metrics.paired_kid_difference(
-            real_features, features, against, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+            real_features, features, against[:num_images], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
         return Scored(setting, kid, difference), features
 
-    reference_scored, reference_features = score(reference, None)
+    started = time.perf_counter()
+    reference_scored, reference_features = score(reference, cfg.num_images, None)
+    screen = min(cfg.screen_images, cfg.num_images)
     scored: list[Scored] = []
+    screened_out: list[Scored] = []
+    dropped: dict[SchedulerName, str] = {}
+    worse_kid: dict[SchedulerName, float] = {}  # KID of each family's last clearly worse candidate
     for steps in sorted({c.steps for c in candidates}):
         for setting in (c for c in candidates if c.steps == steps):
-            scored.append(score(setting, reference_features)[0])
-            print(_line(scored[-1], reference_scored, cfg.tolerance), flush=True)
+            if setting.scheduler in dropped:
+                continue
+            result = score(setting, screen, reference_features)[0] if screen < cfg.num_images else None
+            if result is not None and clearly_worse(result, reference_scored, cfg.tolerance):
+                screened_out.append(result)
+                print(_line(result, reference_scored, cfg.tolerance) + f" (first screen, {screen} images)", flush=True)
+            else:
+                result = score(setting, cfg.num_images, reference_features)[0]
+                scored.append(result)
+                print(_line(result, reference_scored, cfg.tolerance), flush=True)
+            if clearly_worse(result, reference_scored, cfg.tolerance):
+                # A family clearly worse at two step counts, and no better at the second, is
+                # flat in the step count (as the deterministic solvers were on PH², issue 17):
+                # its costlier settings are not tried.
+                if setting.scheduler in worse_kid and result.kid.mean >= worse_kid[setting.scheduler]:
+                    dropped[setting.scheduler] = (f"clearly worse at {setting.steps} steps and no better than at "
+                                                  "fewer; costlier settings not tried")
+                    print(f"{setting.scheduler.value}: {dropped[setting.scheduler]}", flush=True)
+                worse_kid[setting.scheduler] = result.kid.mean
         if any(within_tolerance(s, reference_scored, cfg.tolerance) for s in scored):
             break  # the cheapest step count that passes wins; costlier candidates cannot
     chosen = choose(reference_scored, scored, cfg.tolerance)
     record = _record(cfg, pipeline_dir, sha256, extractor, len(real.pixels), out, reference_scored, scored, chosen)
+    record["screened_out"] = [{**_as_dict(s), "num_images": screen} for s in screened_out]
+    record["families_dropped"] = {name.value: why for name, why in dropped.items()}
+    record["seconds"] = time.perf_counter() - started
     write_text_atomic(Path(pipeline_dir) / run_files.PICKED_SAMPLER, json.dumps(record, indent=2) + "\n")
     write_text_atomic(out / "report.md", _report(record))
     write_bytes_atomic(out / "kid_vs_steps.png", _plot(reference_scored, scored, chosen, cfg.tolerance, extractor))
@@ -213,15 +256,24 @@ def _extractor(cfg: PickSamplerConfig) -> Extractor:
     return extractors[0]  # auto also adds the pixel baseline; the choice is made in the first space
 
 
+def _real_features(extractor: Extractor, pixels: np.ndarray, out: Path) -> np.ndarray:
+    """The real images' features, cached in `out/features` under a hash of their pixels (so a
+    changed real set is embedded again, an unchanged one only read)."""
+    digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:16]
+    stem = out / "features" / f"real-{len(pixels)}img-{pixels.shape[1]}px-{digest}"
+    return cached_features([extractor], lambda: pixels, stem)[extractor.key]
+
+
 def _setting_features(cfg: PickSamplerConfig, pipeline_dir: str, setting: Setting, out: Path, extractor: Extractor,
-                      resolution: int) -> np.ndarray:
-    """Generate (or resume) one setting's images and return their features, cached in `out/features`."""
+                      resolution: int, num_images: int) -> np.ndarray:
+    """Generate (or resume) one setting's first `num_images` images and return their features,
+    cached in `out/features`. A first screen's folder grows to the full set if it passes."""
     folder = out / f"{setting.scheduler.value}-{setting.steps}"
-    generate(SampleConfig(model_dir=pipeline_dir, output_dir=folder, num_images=cfg.num_images,
+    generate(SampleConfig(model_dir=pipeline_dir, output_dir=folder, num_images=num_images,
                           scheduler=setting.scheduler, num_inference_steps=setting.steps,
                           mixed_precision=cfg.mixed_precision, batch_size=cfg.batch_size, seed=cfg.seed,
                           class_label=cfg.class_label, guidance_scale=cfg.guidance_scale))
-    stem = out / "features" / f"{folder.name}-{cfg.num_images}img-{resolution}px"
+    stem = out / "features" / f"{folder.name}-{num_images}img-{resolution}px"
     return cached_features([extractor], lambda: load_image_set("synthetic", folder / run_files.SAMPLE_IMAGES_DIR, resolution).pixels,
                            stem)[extractor.key]
 
@@ -262,7 +314,9 @@ def _record(cfg: PickSamplerConfig, pipeline_dir: str, sha256: str, extractor: E
 
 
 def _report(record: dict) -> str:
-    rows = [record["reference"], *record["candidates"]]
+    rows = [record["reference"], *record["candidates"],
+            *({**row, "setting": f"{row['setting']} (first screen: {row['num_images']} images)"}
+              for row in record.get("screened_out", []))]
     lines = [f"# Sampler choice for {record['model']}", "",
              f"Chosen: **{record['scheduler']}, {record['num_inference_steps']} steps** "
              f"({record['speed_up_vs_reference']:.2f}x fewer network calls than {record['reference']['setting']}).",
@@ -278,6 +332,7 @@ def _report(record: dict) -> str:
                      + ("reference | — |" if delta is None else
                         f"{1e3 * delta['mean']:+.2f} [{1e3 * delta['low']:+.2f}, {1e3 * delta['high']:+.2f}] | "
                         f"{delta['candidate_lower']:.2f} |"))
+    lines += [f"- {name}: {why}" for name, why in record.get("families_dropped", {}).items()]
     lines += ["", "Each setting's images and preview grids are in the folder of the same name beside this report."]
     return "\n".join(lines) + "\n"
 

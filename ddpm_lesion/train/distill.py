@@ -53,7 +53,7 @@ from ddpm_lesion.sample.autotune import bf16_is_fast
 from ddpm_lesion.sample.samplers import SchedulerName
 from ddpm_lesion.train import batching, checkpoints
 from ddpm_lesion.train.loop import sample_grid
-from ddpm_lesion.train.losses import augment
+from ddpm_lesion.train.losses import Augmentation, augment
 
 
 @dataclasses.dataclass
@@ -82,7 +82,8 @@ class DistillConfig:
     train_batch_size: int = option(16, "Images per optimizer step.")
     learning_rate: float = option(1e-4, "AdamW learning rate (constant; the student starts from the teacher's "
                                         "weights).")
-    random_flip: bool = option(True, "Randomly flip images horizontally.")
+    augmentation: Augmentation = option(Augmentation.HFLIP, "Orientations shown of each training image: dihedral "
+                                                            "(all 8), hflip or none.")
     mixed_precision: str = option("no", "Run the networks under bf16 autocast: no, bf16, or auto (where the device "
                                         "runs it natively). Off by default: the targets differ from the student's "
                                         "output by ~1% of epsilon, and bf16 rounds to ~0.4%.",
@@ -265,7 +266,7 @@ def train_round(cfg: DistillConfig, teacher: UNet2DModel, images: torch.Tensor, 
     for iteration in progress:
         generator = batching.micro_batch_generator(cfg.seed, iteration, steps)
         index = torch.randint(0, len(images), (cfg.train_batch_size,), generator=generator)
-        clean = augment(images[index.to(device)], generator, cfg.random_flip)
+        clean = augment(images[index.to(device)], generator, cfg.augmentation)
         loss = distillation_loss(student, teacher, clean.contiguous(memory_format=torch.channels_last), alphas,
                                  teacher_grid, generator, clip_range, autocast)
         if not torch.isfinite(loss):

@@ -47,6 +47,7 @@ from ddpm_lesion.evaluate.features import FeatureSpace
 from ddpm_lesion.model.conditioning import add_class_embedding, drop_labels
 from ddpm_lesion.model.pretrained import check_resolution, load_noise_scheduler, load_unet, read_best
 from ddpm_lesion.model.unet_presets import FROM_SCRATCH_WARNING, PRESETS, unet_from_config
+from ddpm_lesion.sample.pick_sampler import PickSamplerConfig, pick_sampler
 from ddpm_lesion.sample.samplers import (
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
@@ -59,7 +60,7 @@ from ddpm_lesion.sample.samplers import (
 from ddpm_lesion.train import batching, checkpoints, model_card, tracking
 from ddpm_lesion.train.checkpoint_kid import CheckpointValidator
 from ddpm_lesion.train.checkpoint_kid import record as record_validation
-from ddpm_lesion.train.losses import augment, diffusion_loss
+from ddpm_lesion.train.losses import Augmentation, augment, diffusion_loss
 
 
 @dataclass
@@ -76,7 +77,9 @@ class TrainConfig:
     image_column: str = option("image", "Image column of --dataset_name.")
     cache_dir: Path | None = option(None, "Where decoded, resized images and downloads are cached.")
     resolution: int = option(64, "Training resolution in pixels: images are resized (shorter side) and centre-cropped to it.")
-    random_flip: bool = option(True, "Randomly flip images horizontally (dermoscopy has no canonical orientation).")
+    augmentation: Augmentation = option(Augmentation.HFLIP, "Orientations shown of each training image: dihedral = "
+                                                            "all 8 flips and quarter turns (dermoscopy has no up or "
+                                                            "left), hflip = horizontal flips, none.")
     class_column: str | None = option(None, "Train ONE class-conditional model: the CSV column holding each image's class (e.g. dx), or comma-separated one-hot columns (e.g. MEL,NV,BCC).")
     class_embedding_lr: float = option(1e-3, "With --class_column: learning rate of the new class embedding, which starts at zero and learns from scratch while the pretrained weights only fine-tune.")
     label_dropout: float = option(0.1, "With --class_column: probability of training a step unconditionally (needed for --guidance_scale).")
@@ -102,6 +105,8 @@ class TrainConfig:
     adam_weight_decay: float = option(1e-6, "AdamW weight decay.")
     adam_epsilon: float = option(1e-8, "AdamW epsilon.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    snr_gamma: float | None = option(None, "Min-SNR-γ loss weighting (Hang et al. 2023; 5 is their choice): caps the "
+                                           "weight of nearly clean timesteps. Default: the plain, uniform loss.")
     use_ema: bool = option(False, "Keep an exponential moving average of the weights and publish it.")
     ema_inv_gamma: float = option(1.0, "EMA warm-up inv_gamma.")
     ema_power: float = option(0.75, "EMA warm-up power (3/4 suits runs under ~100k steps).")
@@ -116,6 +121,12 @@ class TrainConfig:
     validation_num_images: int = option(64, "Samples scored at each checkpoint with --validation_data_dir.")
     validation_features: FeatureSpace = option(FeatureSpace.EFFICIENTNET, "Feature space of the checkpoint KID (efficientnet works offline).")
     max_copy_rate: float = option(0.01, "With --validation_data_dir: a checkpoint whose samples include more near copies of training images than this share is never the best checkpoint (validation.csv, validation.png show the copy rate).")
+    choose_sampler: bool = option(True, "With --validation_data_dir: at the end, measure which sampler makes the "
+                                        "final weights' images in the fewest steps as well as DDPM-50 does, against "
+                                        "the validation images (`ddpm-lesion pick-sampler`), and write sampler.json "
+                                        "so sample_ddpm.py uses it by default.")
+    sampler_choice_images: int = option(500, "Images per sampler setting for --choose_sampler (pick-sampler's "
+                                             "--num_images).")
     # Checkpoints, logging, samples
     checkpointing_steps: int = option(500, "Save a resumable checkpoint every N steps.")
     checkpoints_total_limit: int | None = option(None, "Keep only the newest N checkpoints.")
@@ -146,7 +157,8 @@ class TrainConfig:
 MAY_CHANGE_ON_RESUME = {"output_dir", "cache_dir", "num_epochs", "max_train_steps", "checkpointing_steps",
                         "checkpoints_total_limit", "resume_from_checkpoint", "overwrite_output_dir", "save_images_steps",
                         "num_sample_images", "sample_scheduler", "sample_inference_steps", "validation_data_dir",
-                        "validation_num_images", "validation_features", "max_copy_rate", "gradient_checkpointing", "torch_compile",
+                        "validation_num_images", "validation_features", "max_copy_rate", "choose_sampler",
+                        "sampler_choice_images", "gradient_checkpointing", "torch_compile",
                         "max_bad_steps", "report_to", "tracker_project_name", "log_model", "logging_dir", "dry_run"}
 
 
@@ -165,9 +177,12 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("give --train_data_dir (a folder of images, optionally with --labels_csv) or --dataset_name.")
     if not 0.0 <= cfg.max_copy_rate <= 1.0:
         raise UserError(f"--max_copy_rate is a share of the validation samples, 0 to 1; got {cfg.max_copy_rate}.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps"):
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps",
+                 "sampler_choice_images"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
+    if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
+        raise UserError(f"--snr_gamma must be positive (5 is the usual choice), got {cfg.snr_gamma}.")
     for expr in cfg.label_filter:
         parse_filter(expr)
 
@@ -469,7 +484,10 @@ def train(cfg: TrainConfig) -> Path:
 
     if accelerator.is_main_process:
         publish_final(run, max_steps)
-        model_card.write_model_card(run)
+    if cfg.validation_data_dir is not None and cfg.choose_sampler:
+        choose_sampler(cfg, accelerator, class_names)
+    if accelerator.is_main_process:
+        model_card.write_model_card(run)  # after the sampler choice, so the card names the sampler to use
         if cfg.report_to is ReportTo.WANDB:
             finish_wandb(cfg, accelerator, max_steps)
         say(f"done: {max_steps} steps. Pipeline: DDPMPipeline.from_pretrained('{run}'); "
@@ -496,14 +514,14 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
         index = batching.micro_batch_indices(len(images), cfg.train_batch_size, micro_step, accelerator.process_index,
                                              accelerator.num_processes, cfg.seed)
         generator = batching.slot_generator(cfg.seed, micro_step, accelerator.process_index, accelerator.num_processes)
-        clean = augment(images[index.to(images.device)], generator, cfg.random_flip)
+        clean = augment(images[index.to(images.device)], generator, cfg.augmentation)
         clean = clean.contiguous(memory_format=torch.channels_last)
         class_labels = None
         if labels is not None:
             null = accelerator.unwrap_model(unet).config.num_class_embeds - 1
             class_labels = drop_labels(labels[index.to(labels.device)], cfg.label_dropout, null, generator)
         with accelerator.accumulate(unet):
-            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels)
+            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels, cfg.snr_gamma)
             all_losses = accelerator.gather(loss.detach().reshape(1))
             if not torch.isfinite(all_losses).all():
                 finite = False
@@ -546,6 +564,29 @@ def save_samples(cfg: TrainConfig, accelerator: Accelerator, unet, ema: EMAModel
                        cfg.sample_inference_steps, cfg.seed, class_names)
     write_bytes_atomic(cfg.output_dir / run_files.SAMPLES_DIR / f"step-{step:07d}.png", encode_png(grid))
     tracking.log_image(accelerator, "samples", grid, step)
+
+
+def choose_sampler(cfg: TrainConfig, accelerator: Accelerator, class_names: list[str] | None) -> None:
+    """`pick-sampler` on the final EMA pipeline against the validation images, so the run
+    folder says which sampler reaches DDPM-50's quality fastest (`sampler.json`, read by
+    sample_ddpm.py) without a separate command. It generates through `sample_ddpm`'s
+    distributed generation, whose barriers every rank would have to join, so under several
+    processes, and for a class-conditional model (measured per class), it says how to run
+    it instead."""
+    command = (f"ddpm-lesion pick-sampler --model_dir {cfg.output_dir} --real_dir {cfg.validation_data_dir} "
+               f"--features {cfg.validation_features.value}")
+    if accelerator.num_processes > 1 or class_names is not None:
+        why = "several processes" if accelerator.num_processes > 1 else "a class-conditional model"
+        accelerator.print(f"sampler choice skipped ({why}); run it with: {command}"
+                          + (" --class_label CLASS" if class_names is not None else ""))
+        return
+    record = pick_sampler(PickSamplerConfig(model_dir=str(cfg.output_dir), real_dir=cfg.validation_data_dir,
+                                            features=cfg.validation_features, num_images=cfg.sampler_choice_images,
+                                            resolution=cfg.resolution, seed=cfg.seed))
+    accelerator.print(f"sampler: {record['scheduler']}, {record['num_inference_steps']} steps "
+                      f"({record['speed_up_vs_reference']:.1f}x fewer network calls than "
+                      f"{record['reference']['setting']}, chosen in {record['seconds'] / 60:.1f} min; "
+                      f"{run_files.PICKED_SAMPLER}, report {record['report']}). Re-check later with: {command}")
 
 
 def publish_final(run: Path, step: int) -> None:

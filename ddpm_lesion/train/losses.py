@@ -8,17 +8,33 @@ v = sqrt(ᾱ_t) ε - sqrt(1-ᾱ_t) x0 (`v_prediction`, Salimans & Ho 2022).
 
 from __future__ import annotations
 
+import enum
+
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from ddpm_lesion.core.dihedral import random_orientations
+
+
+class Augmentation(str, enum.Enum):
+    """`--augmentation`: which orientations of a training image are shown. Dermoscopy has
+    no canonical orientation, so all 8 (`dihedral`) are equally real; `hflip` (the
+    default, diffusers' `--random_flip`) shows 2, `none` the image as stored."""
+
+    DIHEDRAL = "dihedral"
+    HFLIP = "hflip"
+    NONE = "none"
+
 
 def diffusion_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor,
-                   generator: torch.Generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                   generator: torch.Generator, class_labels: torch.Tensor | None = None,
+                   snr_gamma: float | None = None) -> torch.Tensor:
     """Mean-squared denoising error for a batch of images in [-1, 1].
 
     `class_labels` (with the null label where dropped) conditions a class-conditional
-    UNet; unconditional UNets are called without it. All randomness comes from `generator` (a CPU generator, so the draws are the same
+    UNet; unconditional UNets are called without it. `snr_gamma` weights each image's error
+    by `min_snr_weights` instead of equally. All randomness comes from `generator` (a CPU generator, so the draws are the same
     on every device type) which makes a step a pure function of its inputs.
     """
     batch = clean.shape[0]
@@ -36,17 +52,44 @@ def diffusion_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, clean: torch
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
     conditioning = {} if class_labels is None else {"class_labels": class_labels}
     prediction = unet(noisy, timesteps, **conditioning).sample
-    return F.mse_loss(prediction.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * min_snr_weights(scheduler, timesteps, snr_gamma).to(per_image.device)).mean()
 
 
-def augment(images_uint8: torch.Tensor, generator: torch.Generator, random_flip: bool) -> torch.Tensor:
-    """uint8 [B,3,H,W] -> float in [-1, 1], with seeded horizontal flips.
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy"), as diffusers' train_text_to_image.py computes them.
 
-    Only flips: dermoscopy has no canonical left/right, and flips keep the cached
-    pixel grid (no resampling blur), unlike random crops of an already-cropped image.
+    With SNR(t) = ᾱ_t / (1 - ᾱ_t), the uniform ε-loss gives the nearly clean, high-SNR
+    timesteps as much weight as the ones that decide an image's content; min-SNR caps each
+    timestep's weight in x0 terms at γ: min(SNR, γ) for an x0 target, divided by SNR for
+    ε and by SNR + 1 for v (their errors are SNR and SNR + 1 times x0's error).
+    """
+    alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)[timesteps.cpu()]
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    weights = snr.clamp(max=gamma)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        weights = weights / snr
+    elif prediction_type == "v_prediction":
+        weights = weights / (snr + 1.0)
+    return weights.float()
+
+
+def augment(images_uint8: torch.Tensor, generator: torch.Generator, augmentation: Augmentation) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float in [-1, 1], in seeded orientations (`Augmentation`).
+
+    Only flips and quarter turns: they keep the cached pixel grid (no resampling blur),
+    unlike random crops or free rotations of an already-cropped image. `hflip` draws
+    exactly what it always drew, so runs made before `dihedral` existed resume bit-exactly.
     """
     images = images_uint8.float().div_(127.5).sub_(1.0)
-    if random_flip:
+    augmentation = Augmentation(augmentation)
+    if augmentation is Augmentation.DIHEDRAL:
+        return random_orientations(images, generator)
+    if augmentation is Augmentation.HFLIP:
         flip = torch.rand(images.shape[0], generator=generator) < 0.5
         images[flip.to(images.device)] = images[flip.to(images.device)].flip(-1)
     return images

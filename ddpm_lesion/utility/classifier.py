@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpm_lesion.core.dihedral import random_orientations
+
 PREDICT_BATCH = 256
 
 
@@ -128,22 +130,6 @@ def draw_order(labels: torch.Tensor, total: int, generator: torch.Generator, bal
     return torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])[:total]
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random one of the 8 flips/90-degree rotations per image.
-
-    Dermoscopy has no "up", so every orientation is an equally real lesion; rotations by
-    multiples of 90 degrees and flips change no pixel values and need no interpolation.
-    """
-    n = len(batch)
-    turns = torch.randint(0, 4, (n,), generator=generator).to(batch.device)
-    flips = torch.randint(0, 2, (n,), generator=generator).bool().to(batch.device)
-    out = batch.clone()
-    for k in range(1, 4):
-        chosen = turns == k
-        out[chosen] = torch.rot90(batch[chosen], k, dims=(2, 3))
-    return torch.where(flips[:, None, None, None], out.flip(3), out)
-
-
 def _to_input(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return pixels.float() / 127.5 - 1.0
@@ -171,7 +157,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, settings: Train
     model.train()
     for step in range(settings.steps):
         idx = order[step * settings.batch_size:(step + 1) * settings.batch_size].to(device)
-        logits = model(_to_input(augment(images[idx], generator)))
+        logits = model(_to_input(random_orientations(images[idx], generator)))
         loss = nn.functional.binary_cross_entropy_with_logits(logits, targets[idx])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -175,3 +175,14 @@ def test_fid_low_rank_route_equals_covariance_route():
     # Tolerance: on rank-deficient covariances the D x D route takes square roots of
     # eigenvalues that are zero up to rounding (~1e-16 -> ~1e-8 each).
     assert metrics.fid_from_features(real, fake) == pytest.approx(expected, rel=1e-7)
+
+
+def test_off_colour_fraction_counts_blue_or_green_above_red():
+    mean_rgb = np.array([[180, 120, 100],   # skin: red first
+                         [90, 60, 120],     # purple: blue above red
+                         [100, 140, 60],    # green above red
+                         [120, 120, 120],   # grey: ties are not above red
+                         [60, 70, 80]])     # blue-grey: both above red, counted once
+    assert metrics.off_colour_fraction(mean_rgb) == pytest.approx(2 / 5 + 1 / 5)
+    with pytest.raises(ValueError, match="3 columns"):
+        metrics.off_colour_fraction(np.zeros((2, 4)))

@@ -15,7 +15,15 @@ from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.evaluate.metrics import KidEstimate, PairedDifference
 from ddpm_lesion.model.pretrained import model_sha256
 from ddpm_lesion.sample.generation import generate
-from ddpm_lesion.sample.pick_sampler import PickSamplerConfig, Scored, Setting, choose, pick_sampler, within_tolerance
+from ddpm_lesion.sample.pick_sampler import (
+    PickSamplerConfig,
+    Scored,
+    Setting,
+    choose,
+    clearly_worse,
+    pick_sampler,
+    within_tolerance,
+)
 from ddpm_lesion.sample.sample_config import SampleConfig
 from ddpm_lesion.sample.samplers import SchedulerName
 from tests.helpers import save_tiny_pipeline, write_images
@@ -50,6 +58,13 @@ def test_a_reference_indistinguishable_from_real_leaves_no_tolerance():
     reference = REFERENCE._replace(kid=KidEstimate(-0.001, 0.004, -0.008, 0.006))
     assert not within_tolerance(candidate("dpmsolver++:20", 0.0001, +0.0011), reference, 0.1)
     assert within_tolerance(candidate("dpmsolver++:20", -0.001, 0.0), reference, 0.1)
+
+
+def test_clearly_worse_means_outside_tolerance_even_at_the_optimistic_end():
+    """Tolerance 10% of KID 0.020 = 0.002; the paired intervals here are delta ± 0.005."""
+    assert clearly_worse(candidate("dpmsolver++:10", 0.030, +0.010), REFERENCE, 0.1)  # low end +0.005
+    assert not clearly_worse(candidate("dpmsolver++:10", 0.026, +0.006), REFERENCE, 0.1)  # low end +0.001
+    assert not clearly_worse(candidate("unipc:10", 0.019, -0.001), REFERENCE, 0.1)
 
 
 @pytest.mark.parametrize("text", ["dpm:20", "ddim", "ddim:0", "ddim:x", ""])
@@ -101,7 +116,7 @@ def test_pick_sampler_writes_its_choice_and_sample_ddpm_uses_it(model_and_real, 
 
 def test_a_rerun_reuses_the_images_and_features(model_and_real, monkeypatch):
     """Each setting's images resume like any sample_ddpm.py folder and their features are
-    cached; only the real set is read and embedded again (it may have changed)."""
+    cached, and so are the real set's (keyed by its pixels: a changed set is embedded again)."""
     from ddpm_lesion.evaluate import features
     from ddpm_lesion.sample import pick_sampler as sampler_choice
 
@@ -123,6 +138,34 @@ def test_no_candidate_within_tolerance_keeps_the_reference(model_and_real, monke
     record = pick_sampler(config(model, real))
     assert (record["scheduler"], record["num_inference_steps"]) == ("ddpm", 4)
     assert [c["setting"] for c in record["candidates"]] == ["ddim:2", "dpmsolver++:2", "ddpm:3"]
+
+
+def test_a_candidate_clearly_worse_on_the_first_screen_makes_no_more_images(model_and_real, monkeypatch):
+    from ddpm_lesion.sample import pick_sampler as sampler_choice
+
+    model, real = model_and_real
+    monkeypatch.setattr(sampler_choice, "clearly_worse", lambda *args: True)
+    record = pick_sampler(config(model, real, candidates=["ddim:2", "dpmsolver++:2"], screen_images=3))
+    assert (record["scheduler"], record["num_inference_steps"]) == ("ddpm", 4) and record["candidates"] == []
+    assert [(c["setting"], c["num_images"]) for c in record["screened_out"]] == [("ddim:2", 3), ("dpmsolver++:2", 3)]
+    out = model / "sampler_choice"
+    assert len(list((out / "ddim-2" / "individual").glob("*.png"))) == 3
+    assert len(list((out / "ddpm-4" / "individual").glob("*.png"))) == 6
+    assert "ddim:2 (first screen: 3 images)" in (out / "report.md").read_text()
+
+
+def test_a_family_clearly_worse_and_flat_in_the_step_count_is_dropped(model_and_real, monkeypatch):
+    """Equal KIDs at 2 and 3 steps, both clearly worse: 4 steps of the same sampler is not tried."""
+    from ddpm_lesion.evaluate.metrics import KidEstimate
+    from ddpm_lesion.sample import pick_sampler as sampler_choice
+
+    model, real = model_and_real
+    monkeypatch.setattr(sampler_choice, "clearly_worse", lambda *args: True)
+    monkeypatch.setattr(sampler_choice, "within_tolerance", lambda *args: False)
+    monkeypatch.setattr(sampler_choice.metrics, "kid", lambda *args: KidEstimate(0.05, 0.01, 0.03, 0.07))
+    record = pick_sampler(config(model, real, candidates=["ddim:2", "ddim:3", "ddim:4"]))
+    assert [c["setting"] for c in record["candidates"]] == ["ddim:2", "ddim:3"]
+    assert "ddim" in record["families_dropped"] and not (model / "sampler_choice" / "ddim-4").exists()
 
 
 def test_refusals_name_the_problem(model_and_real, tmp_path, capsys):

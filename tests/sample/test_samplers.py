@@ -85,7 +85,36 @@ def test_schedulers_keep_the_models_noise_schedule(name, cls):
     assert type(scheduler) is cls
     assert scheduler.config.num_train_timesteps == 500
     assert scheduler.config.beta_schedule == "squaredcos_cap_v2"
-    assert {s.value for s in SchedulerName} == {"ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc"}
+    assert {s.value for s in SchedulerName} == {"ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc",
+                                                "ddim-trailing", "dpmsolver++-trailing", "sde-dpmsolver++-trailing",
+                                                "unipc-trailing", "dpmsolver++-linspace", "unipc-linspace",
+                                                "ddim-eta0.5", "ddim-eta1"}
+
+
+@pytest.mark.parametrize("name,first", [("dpmsolver++", 940), ("dpmsolver++-trailing", 999),
+                                        ("unipc-linspace", 999), ("ddim-trailing", 999), ("ddim", 950)])
+def test_timestep_spacing_variants_start_from_pure_noise(name, first):
+    """A model saved with "leading" spacing (the bundled ones, google/ddpm-*) starts 20 steps
+    at t = 940-950; the trailing and linspace variants at t = 999."""
+    scheduler = make_scheduler(name, DDPMScheduler(num_train_timesteps=1000, timestep_spacing="leading").config)
+    scheduler.set_timesteps(20)
+    assert int(scheduler.timesteps[0]) == first and len(scheduler.timesteps) == 20
+
+
+def test_ddim_eta_variants_renoise_from_the_images_generators():
+    """η = 0 is deterministic given the initial noise; η > 0 draws fresh noise at every step,
+    from each image's own generator (so the same seed gives the same image)."""
+    base = DDPMScheduler().config
+    net = ElementwiseNet()
+    noise = initial_noise(image_generators(5, range(2)), SHAPE)
+
+    def run(name: str, seed: int = 5) -> torch.Tensor:
+        return denoise(net, make_scheduler(name, base), noise, image_generators(seed, range(2)), 10)
+
+    plain = run("ddim")
+    for name in ("ddim-eta0.5", "ddim-eta1"):
+        once, again, other = run(name), run(name), run(name, seed=6)
+        assert torch.equal(once, again) and not torch.equal(once, plain) and not torch.equal(once, other)
 
 
 def test_dpmsolver_is_the_plus_plus_variant():
@@ -132,6 +161,7 @@ class ExactGaussianDenoiser(torch.nn.Module):
 @pytest.mark.parametrize("name,steps,low,high", [
     ("ddpm", 1000, 0.9, 1.1), ("ddim", 1000, 0.9, 1.1), ("dpmsolver++", 20, 0.9, 1.1),
     ("sde-dpmsolver++", 20, 0.9, 1.1), ("unipc", 20, 0.9, 1.1),
+    ("dpmsolver++-trailing", 20, 0.9, 1.1), ("unipc-linspace", 20, 0.9, 1.1), ("ddim-eta1", 1000, 0.9, 1.1),
     ("ddpm", 50, 0.75, 0.92),  # ancestral steps this long lose variance even with the exact x0 estimate
 ])
 def test_samplers_draw_from_the_data_distribution_given_the_exact_denoiser(name, steps, low, high):

@@ -3,6 +3,7 @@ NaN handling, disk errors, hostile checkpoints, configs and trackers."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 
 from ddpm_lesion.core.config import parse_config
 from ddpm_lesion.core.errors import UserError
+from ddpm_lesion.core.options import MixedPrecision
 from ddpm_lesion.train import batching, checkpoints
 from ddpm_lesion.train import loop as training
 from ddpm_lesion.train.loop import TrainConfig, train
@@ -320,7 +322,7 @@ def test_checkpoints_are_scored_by_kid_and_the_best_one_is_kept_and_sampleable(t
     write_images(tmp_path / "heldout", 6, size=20, seed=9)
     run = train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features",
                          "pixels", "--validation_num_images", "6", "--checkpointing_steps", "1",
-                         "--checkpoints_total_limit", "1", steps=4))
+                         "--checkpoints_total_limit", "1", "--sampler_choice_images", "4", steps=4))
     rows = [r.split(",") for r in (run / "validation.csv").read_text().splitlines()[1:]]
     assert [int(r[0]) for r in rows] == [1, 2, 3, 4] and all(r[4] == "pixels16" for r in rows)
     assert all(0.0 <= float(r[5]) <= 1.0 for r in rows) and (run / "validation.png").is_file()
@@ -331,6 +333,30 @@ def test_checkpoints_are_scored_by_kid_and_the_best_one_is_kept_and_sampleable(t
     assert kept == {4, best["step"]}  # the newest (limit 1) and the best survive rotation
     _, source = load_pipeline(str(run), "best")
     assert source.endswith(f"checkpoint-{best['step']}/pipeline")
+
+
+def test_the_end_of_training_chooses_the_sampler_on_the_validation_images(tmp_path):
+    """With --validation_data_dir the run ends with pick-sampler on its final weights:
+    sampler.json names a measured setting for exactly those weights, and sample_ddpm.py's
+    defaults then use it."""
+    from ddpm_lesion.model.pretrained import load_pipeline, model_sha256
+    from ddpm_lesion.sample.generation import generate
+    from ddpm_lesion.sample.sample_config import SampleConfig
+
+    write_images(tmp_path / "heldout", 6, size=20, seed=9)
+    run = train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features",
+                         "pixels", "--validation_num_images", "4", "--sampler_choice_images", "4",
+                         "--use_ema", steps=2))
+    record = json.loads((run / "sampler.json").read_text())
+    pipeline, _ = load_pipeline(str(run))
+    assert record["model_sha256"] == model_sha256(pipeline.unet) and record["feature_space"] == "pixels16"
+    assert record["real"]["dir"] == str(tmp_path / "heldout") and record["num_images"] == 4
+    measured = {record["reference"]["setting"]} | {c["setting"] for c in record["candidates"]}
+    assert f"{record['scheduler']}:{record['num_inference_steps']}" in measured
+    generate(SampleConfig(model_dir=str(run), output_dir=tmp_path / "out", num_images=2, batch_size=2,
+                          mixed_precision=MixedPrecision.NO))
+    used = yaml.safe_load((tmp_path / "out" / "sample_config.yaml").read_text())
+    assert (used["scheduler"], used["num_inference_steps"]) == (record["scheduler"], record["num_inference_steps"])
 
 
 @pytest.mark.parametrize("flags,expected", [((), "DDPMScheduler"), (("--sample_scheduler", "ddim"), "DDIMScheduler")])
@@ -353,5 +379,17 @@ def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, mo
     monkeypatch.setattr(validation, "denoise", recording)
     write_images(tmp_path / "heldout", 6, size=20, seed=9)
     train(make_cfg(tmp_path, "--validation_data_dir", str(tmp_path / "heldout"), "--validation_features", "pixels",
-                   "--validation_num_images", "4", "--checkpointing_steps", "2", *flags, steps=2))
+                   "--validation_num_images", "4", "--checkpointing_steps", "2", "--no-choose_sampler", *flags,
+                   steps=2))
     assert len(used) >= 2 and set(used) == {expected}  # one KID, one grid at least
+
+
+def test_dihedral_and_min_snr_run_and_are_guarded_on_resume(tmp_path):
+    run = train(make_cfg(tmp_path, "--augmentation", "dihedral", "--snr_gamma", "5"))
+    assert (run / "model_index.json").is_file()
+    saved = yaml.safe_load((run / "train_config.yaml").read_text())
+    assert (saved["augmentation"], saved["snr_gamma"]) == ("dihedral", 5.0)
+    with pytest.raises(UserError, match="augmentation: 'dihedral' -> 'hflip'"):
+        train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=6))
+    with pytest.raises(UserError, match="--snr_gamma must be positive"):
+        train(make_cfg(tmp_path, "--snr_gamma", "0", "--output_dir", str(tmp_path / "other")))

@@ -1,0 +1,71 @@
+"""The loss's min-SNR-γ weighting and the training augmentations, checked against
+computations written out independently of the code under test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from ddpm_lesion.train.losses import Augmentation, augment, diffusion_loss, min_snr_weights
+
+
+def hand_snr(t: int) -> float:
+    """SNR(t) of diffusers' default linear schedule (betas 1e-4 .. 0.02 over 1000 steps), from numpy."""
+    alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[t]
+    return alpha_bar / (1.0 - alpha_bar)
+
+
+@pytest.mark.parametrize("prediction_type, divide_by", [("epsilon", lambda s: s), ("v_prediction", lambda s: s + 1),
+                                                        ("sample", lambda s: 1.0)])
+def test_min_snr_weights_match_a_hand_computation(prediction_type, divide_by):
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 100, 300, 999])
+    expected = [min(hand_snr(t), 5.0) / divide_by(hand_snr(t)) for t in timesteps.tolist()]
+    # rel 1e-3: the scheduler keeps ᾱ in float32, and 1 - ᾱ_0 = 1e-4 keeps only ~4 digits of it
+    assert min_snr_weights(scheduler, timesteps, 5.0).tolist() == pytest.approx(expected, rel=1e-3)
+    if prediction_type == "epsilon":  # SNR(999) ~ 4e-5 < 5: uncapped, weight 1; SNR(0) ~ 1e4: weight 5/SNR
+        assert expected[-1] == pytest.approx(1.0) and expected[0] == pytest.approx(5.0 / hand_snr(0))
+
+
+def test_snr_weighted_loss_is_the_weighted_mean_of_per_image_errors():
+    """A network that predicts zeros errs by the whole target; the weighted loss must be
+    mean_i(w_i * mean(target_i²)) with the noise and timesteps the generator gives."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    clean = torch.rand(4, 3, 8, 8) * 2 - 1
+
+    class Zeros(torch.nn.Module):
+        def forward(self, noisy, timesteps):
+            return type("Out", (), {"sample": torch.zeros_like(noisy)})
+
+    generator = torch.Generator().manual_seed(11)
+    noise = torch.randn(clean.shape, generator=generator)
+    t = torch.randint(0, 1000, (4,), generator=generator)
+    weights = [min(hand_snr(i), 2.0) / hand_snr(i) for i in t.tolist()]
+    expected = np.mean([w * float((n ** 2).mean()) for w, n in zip(weights, noise)])
+    loss = diffusion_loss(Zeros(), scheduler, clean, torch.Generator().manual_seed(11), snr_gamma=2.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-3)
+    plain = diffusion_loss(Zeros(), scheduler, clean, torch.Generator().manual_seed(11))
+    assert plain.item() == pytest.approx(float((noise ** 2).mean()), rel=1e-6)
+
+
+def test_hflip_draws_what_the_flip_only_augmentation_always_drew():
+    """Runs started before `--augmentation` existed must resume bit-exactly."""
+    images = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
+    flip = torch.rand(8, generator=torch.Generator().manual_seed(5)) < 0.5
+    expected = images.float() / 127.5 - 1.0
+    expected[flip] = expected[flip].flip(-1)
+    assert torch.equal(augment(images, torch.Generator().manual_seed(5), Augmentation.HFLIP), expected)
+    assert torch.equal(augment(images, torch.Generator().manual_seed(5), Augmentation.NONE), images.float() / 127.5 - 1)
+
+
+def test_dihedral_gives_each_image_one_of_its_8_orientations():
+    images = torch.randint(0, 256, (64, 3, 6, 6), dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(0), "dihedral")
+    seen = set()
+    for image, transformed in zip(images.float() / 127.5 - 1.0, out):
+        variants = [torch.rot90(image, k, (1, 2)) for k in range(4)]
+        variants += [v.flip(2) for v in variants]
+        seen.add(next(i for i, v in enumerate(variants) if torch.equal(transformed, v)))
+    assert seen == set(range(8))
