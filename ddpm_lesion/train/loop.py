@@ -197,13 +197,22 @@ def prepare_run_dir(cfg: TrainConfig) -> None:
         if cfg.resume_from_checkpoint is None:
             raise UserError(f"{run} already holds a training run. Add --resume_from_checkpoint latest to continue "
                             "it, --overwrite_output_dir to start over there, or choose another --output_dir.")
-        diffs = resume_differences(load_yaml(saved), to_plain_dict(cfg), MAY_CHANGE_ON_RESUME)
+        diffs = resume_differences(upgrade_saved_config(load_yaml(saved)), to_plain_dict(cfg), MAY_CHANGE_ON_RESUME)
         if diffs:
             raise UserError(f"cannot resume the run in {run}: these settings differ from {saved}: "
                             + "; ".join(diffs) + ". Use the original values or a new --output_dir.")
     run.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(run)
     save_config(cfg, saved)
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A run saved before `--augmentation` replaced `--random_flip` records the same choice
+    under the old name; translate it, so that resuming such a run with other augmentation is
+    refused like any other change (the guard compares only the keys both records hold)."""
+    if "random_flip" in saved and "augmentation" not in saved:
+        saved = {**saved, "augmentation": "hflip" if saved["random_flip"] else "none"}
+    return saved
 
 
 def parameter_groups(unet: UNet2DModel, cfg: TrainConfig) -> list[dict]:

@@ -393,3 +393,20 @@ def test_dihedral_and_min_snr_run_and_are_guarded_on_resume(tmp_path):
         train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=6))
     with pytest.raises(UserError, match="--snr_gamma must be positive"):
         train(make_cfg(tmp_path, "--snr_gamma", "0", "--output_dir", str(tmp_path / "other")))
+
+
+@pytest.mark.parametrize(("random_flip", "refused"), [(True, False), (False, True)])
+def test_a_run_saved_with_random_flip_resumes_only_with_the_same_augmentation(tmp_path, random_flip, refused):
+    """Runs saved before --augmentation replaced --random_flip: `random_flip: true` is
+    `hflip` (the default), `false` is `none`, and the resume guard compares them as such."""
+    cfg = make_cfg(tmp_path, "--resume_from_checkpoint", "latest")  # --augmentation left at hflip
+    saved = {k: v for k, v in yaml.safe_load(yaml.safe_dump(training.to_plain_dict(cfg))).items()
+             if k != "augmentation"}
+    cfg.output_dir.mkdir(parents=True)
+    (cfg.output_dir / "train_config.yaml").write_text(yaml.safe_dump({**saved, "random_flip": random_flip}))
+    if refused:
+        with pytest.raises(UserError, match="augmentation: 'none' -> 'hflip'"):
+            training.prepare_run_dir(cfg)
+    else:
+        training.prepare_run_dir(cfg)
+        assert yaml.safe_load((cfg.output_dir / "train_config.yaml").read_text())["augmentation"] == "hflip"
