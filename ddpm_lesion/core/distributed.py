@@ -146,3 +146,14 @@ def run_command(command: Callable[[], int | None]) -> int:
         print(f"process {global_rank()} stopped: another process ended first (its message is above).",
               file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down while the command still runs. Left to interpreter exit,
+    gloo's worker threads may be destroyed while still joinable, and the C++ runtime then
+    aborts a process whose work is done ("terminate called without an active exception",
+    exit -6): a finished 2-rank `balance` failed that way under load."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
