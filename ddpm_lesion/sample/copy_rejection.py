@@ -16,8 +16,6 @@ What was rejected travels inside the replacement PNG (text chunks `source_index`
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.core.fileio import write_text_atomic
+from ddpm_lesion.core.fileio import write_csv_atomic
 from ddpm_lesion.data.evaluation_sets import load_image_set
 from ddpm_lesion.evaluate.copy_detection import CopyIndex, Nearest, build_index, nearest_copies
 
@@ -128,8 +126,4 @@ def rejected_rows(texts: Mapping[int, Mapping[str, str]]) -> list[dict[str, str]
 
 
 def write_rejected(path: Path, rows: list[dict[str, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REJECTED_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, REJECTED_FIELDS, rows)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ddpm_lesion.core.fileio import write_text_atomic
+from ddpm_lesion.core.fileio import write_csv_atomic
 from ddpm_lesion.core.version import __version__
 
 GENERATOR_NAME = "ddpm-lesion"
@@ -101,11 +101,7 @@ def manifest_row(path: Path, root: Path, text: Mapping[str, str]) -> dict[str, s
 
 
 def write_manifest(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_csv_atomic(path, MANIFEST_FIELDS, rows)
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:

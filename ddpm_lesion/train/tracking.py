@@ -9,14 +9,13 @@ goes to the progress bar and the trackers.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 from accelerate import Accelerator
 from PIL import Image
 
 from ddpm_lesion.core.figures import figure_png, pyplot
-from ddpm_lesion.core.fileio import write_bytes_atomic, write_text_atomic
+from ddpm_lesion.core.fileio import write_bytes_atomic, write_csv_atomic
 
 METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "skipped_steps"]
 
@@ -30,11 +29,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step`: a resumed run redoes them, identically."""
         rows = [r for r in self.read() if int(r["step"]) <= step]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(self.path, buffer.getvalue())
+        write_csv_atomic(self.path, METRIC_COLUMNS, rows)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
