@@ -77,6 +77,26 @@ def test_a_shifted_window_of_the_same_picture_is_at_distance_zero():
     assert index.distances(other, np.array([[0]]))[0, 0] > 0.5
 
 
+def test_the_zoom_grid_covers_a_ten_percent_crop_of_fine_texture(monkeypatch):
+    """A 10% crop resized back is a zoom of 32/29 = 1.10; on fine texture (real skin is
+    low-contrast and high-frequency) the nearest searched zoom must be close to it, or the
+    copy's distance grows past what its JPEG re-encodes leave (bench/copies.py)."""
+    rng = np.random.default_rng(7)
+    fine = np.stack([copy_edits.apply("blur1", rng.integers(60, 200, (32, 32, 3), dtype=np.uint8), rng)
+                     for _ in range(8)])
+    crops = np.stack([copy_edits.apply("crop10%", image, np.random.default_rng(i)) for i, image in enumerate(fine)])
+    own = np.arange(len(fine))[:, None]
+
+    def crop_distance() -> float:
+        index = copy_detection.build_index(fine, edits=())
+        return float(np.median(index.distances(crops, own, orientations=False)))
+
+    with_grid = crop_distance()
+    monkeypatch.setattr(copy_detection, "ZOOM_SIZES", tuple(z for z in copy_detection.ZOOM_SIZES if z != 35))
+    without_1_10 = crop_distance()
+    assert with_grid < 0.75 * without_1_10, (with_grid, without_1_10)
+
+
 def test_thresholds_are_calibrated_on_each_images_own_copies(train, index):
     assert index.thresholds.shape == (len(train),) and (index.thresholds > 0).all()
     again = copy_detection.build_index(train)
