@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from common import DEMO_MODEL, REPO
 from diffusers import DDPMPipeline
 
@@ -54,17 +53,8 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = demo.learning_rate(step, args.learning_rate, 50, args.steps)
         clean = demo.augment(images[torch.randint(0, len(images), (16,), generator=generator)], generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (16,), generator=generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            prediction = unet(scheduler.add_noise(clean, noise, timesteps), timesteps).sample
-        loss = F.mse_loss(prediction.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        demo.update_ema(ema, unet, step, args.ema_max_decay)
-        losses.append(loss.item())
+        losses.append(demo.denoising_step(unet, ema, scheduler, optimizer, clean, generator, step, args.ema_max_decay,
+                                          bf16=True))
         if (step + 1) % 500 == 0:
             print(f"step {step + 1} loss {np.mean(losses[-500:]):.4f} {time.perf_counter() - start:.0f}s", flush=True)
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:

@@ -193,6 +193,26 @@ class PretrainResult:
     seconds: float
 
 
+def denoising_step(unet: UNet2DModel, ema: UNet2DModel, scheduler: DDPMScheduler, optimizer: torch.optim.Optimizer,
+                   clean: torch.Tensor, generator: torch.Generator, step: int, ema_max_decay: float,
+                   bf16: bool = False) -> float:
+    """One optimiser step of the plain DDPM objective on `clean` (noise and t drawn from
+    `generator`), then the EMA update; the loss. Shared by every bundled model's recipe
+    (this script, scripts/make_photo_model.py, bench/pretrain_longer.py) so they differ only
+    in their data; `bf16` autocasts the forward pass."""
+    noise = torch.randn(clean.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        prediction = unet(scheduler.add_noise(clean, noise, timesteps), timesteps).sample
+    loss = F.mse_loss(prediction.float(), noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    optimizer.step()
+    update_ema(ema, unet, step, ema_max_decay)
+    return loss.item()
+
+
 def pretrain(
     unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, args: argparse.Namespace
 ) -> PretrainResult:
@@ -210,15 +230,7 @@ def pretrain(
             group["lr"] = learning_rate(step, args.learning_rate, args.lr_warmup_steps, args.max_train_steps)
         index = torch.randint(0, len(images), (args.train_batch_size,), generator=generator)
         clean = augment(images[index], generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), generator=generator)
-        loss = F.mse_loss(unet(scheduler.add_noise(clean, noise, timesteps), timesteps).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        update_ema(ema, unet, step, args.ema_max_decay)
-        losses.append(loss.item())
+        losses.append(denoising_step(unet, ema, scheduler, optimizer, clean, generator, step, args.ema_max_decay))
         if (step + 1) % 100 == 0:
             elapsed = time.perf_counter() - start
             recent = np.mean(losses[-100:])

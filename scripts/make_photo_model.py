@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
@@ -144,17 +143,8 @@ def pretrain(crops: torch.Tensor, args: argparse.Namespace) -> tuple[DDPMPipelin
             group["lr"] = demo.learning_rate(step, args.learning_rate, args.lr_warmup_steps, args.max_train_steps)
         index = torch.randint(0, len(crops), (args.train_batch_size,), generator=generator)
         clean = demo.augment(crops[index].float() / 127.5 - 1.0, generator)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(clean),), generator=generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            prediction = unet(scheduler.add_noise(clean, noise, timesteps), timesteps).sample
-        loss = F.mse_loss(prediction.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        demo.update_ema(ema, unet, step, args.ema_max_decay)
-        losses.append(loss.item())
+        losses.append(demo.denoising_step(unet, ema, scheduler, optimizer, clean, generator, step, args.ema_max_decay,
+                                          bf16=True))
         if (step + 1) % 200 == 0:
             print(f"step {step + 1}/{args.max_train_steps} loss(last 200) {np.mean(losses[-200:]):.4f} "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
