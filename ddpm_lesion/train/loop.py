@@ -107,6 +107,10 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "Gradient clipping norm.")
     snr_gamma: float | None = option(None, "Min-SNR-γ loss weighting (Hang et al. 2023; 5 is their choice): caps the "
                                            "weight of nearly clean timesteps. Default: the plain, uniform loss.")
+    multiscale_loss_weight: float = option(0.0, "Add this much of the multiscale loss (the error at 1/2, 1/4, ... "
+                                                "of the resolution, down to the mean colour; Hoogeboom et al. 2023): "
+                                                "on ph2-dev 0.25 cut samples of a colour real skin lacks from 15% to "
+                                                "6% at the same KID, at lower recall (0.34 -> 0.28). 0 = off.")
     use_ema: bool = option(False, "Keep an exponential moving average of the weights and publish it.")
     ema_inv_gamma: float = option(1.0, "EMA warm-up inv_gamma.")
     ema_power: float = option(0.75, "EMA warm-up power (3/4 suits runs under ~100k steps).")
@@ -183,6 +187,8 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
     if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
         raise UserError(f"--snr_gamma must be positive (5 is the usual choice), got {cfg.snr_gamma}.")
+    if cfg.multiscale_loss_weight < 0:
+        raise UserError(f"--multiscale_loss_weight must be 0 (off) or positive, got {cfg.multiscale_loss_weight}.")
     for expr in cfg.label_filter:
         parse_filter(expr)
 
@@ -530,7 +536,8 @@ def train_step(cfg: TrainConfig, accelerator: Accelerator, unet, optimizer, lr_s
             null = accelerator.unwrap_model(unet).config.num_class_embeds - 1
             class_labels = drop_labels(labels[index.to(labels.device)], cfg.label_dropout, null, generator)
         with accelerator.accumulate(unet):
-            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels, cfg.snr_gamma)
+            loss = diffusion_loss(unet, noise_scheduler, clean, generator, class_labels, cfg.snr_gamma,
+                                  cfg.multiscale_loss_weight)
             all_losses = accelerator.gather(loss.detach().reshape(1))
             if not torch.isfinite(all_losses).all():
                 finite = False

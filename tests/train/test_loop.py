@@ -384,15 +384,17 @@ def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, mo
     assert len(used) >= 2 and set(used) == {expected}  # one KID, one grid at least
 
 
-def test_dihedral_and_min_snr_run_and_are_guarded_on_resume(tmp_path):
-    run = train(make_cfg(tmp_path, "--augmentation", "dihedral", "--snr_gamma", "5"))
+def test_dihedral_min_snr_and_multiscale_loss_run_and_are_guarded_on_resume(tmp_path):
+    run = train(make_cfg(tmp_path, "--augmentation", "dihedral", "--snr_gamma", "5", "--multiscale_loss_weight", "1"))
     assert (run / "model_index.json").is_file()
     saved = yaml.safe_load((run / "train_config.yaml").read_text())
-    assert (saved["augmentation"], saved["snr_gamma"]) == ("dihedral", 5.0)
-    with pytest.raises(UserError, match="augmentation: 'dihedral' -> 'hflip'"):
+    assert (saved["augmentation"], saved["snr_gamma"], saved["multiscale_loss_weight"]) == ("dihedral", 5.0, 1.0)
+    with pytest.raises(UserError, match="augmentation: 'dihedral' -> 'hflip'.*multiscale_loss_weight: 1.0 -> 0.0"):
         train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=6))
     with pytest.raises(UserError, match="--snr_gamma must be positive"):
         train(make_cfg(tmp_path, "--snr_gamma", "0", "--output_dir", str(tmp_path / "other")))
+    with pytest.raises(UserError, match="--multiscale_loss_weight must be 0"):
+        train(make_cfg(tmp_path, "--multiscale_loss_weight", "-1", "--output_dir", str(tmp_path / "other")))
 
 
 @pytest.mark.parametrize(("random_flip", "refused"), [(True, False), (False, True)])

@@ -1,4 +1,4 @@
-"""The loss's min-SNR-γ weighting and the training augmentations, checked against
+"""The loss's min-SNR-γ and multiscale weightings and the training augmentations, checked against
 computations written out independently of the code under test."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ddpm_lesion.train.losses import Augmentation, augment, diffusion_loss, min_snr_weights
+from ddpm_lesion.train.losses import Augmentation, augment, diffusion_loss, min_snr_weights, multiscale_error
 
 
 def hand_snr(t: int) -> float:
@@ -48,6 +48,43 @@ def test_snr_weighted_loss_is_the_weighted_mean_of_per_image_errors():
     assert loss.item() == pytest.approx(expected, rel=1e-3)
     plain = diffusion_loss(Zeros(), scheduler, clean, torch.Generator().manual_seed(11))
     assert plain.item() == pytest.approx(float((noise ** 2).mean()), rel=1e-6)
+
+
+def block_means(image: np.ndarray, k: int) -> np.ndarray:
+    """Means of the k x k blocks of a (C, H, W) array, by explicit loops."""
+    c, h, w = image.shape
+    return np.array([[[image[ch, i:i + k, j:j + k].mean() for j in range(0, w, k)] for i in range(0, h, k)]
+                     for ch in range(c)])
+
+
+def test_multiscale_error_matches_block_means_written_out():
+    error = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = [np.mean([k * k * (block_means(e, k) ** 2).mean() for k in (2, 4, 8)]) for e in error.double().numpy()]
+    assert multiscale_error(error).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_multiscale_error_weighs_a_colour_cast_by_the_pixel_count_and_white_noise_like_the_plain_loss():
+    # A constant error c on 8x8: pooling keeps c at every scale, so scale k adds k²c²:
+    # (4 + 16 + 64) / 3 x c². White noise: each pooled scale's k² x MSE has the noise's variance.
+    cast = torch.full((1, 3, 8, 8), 0.1)
+    assert multiscale_error(cast).item() == pytest.approx((4 + 16 + 64) / 3 * 0.01, rel=1e-5)
+    noise = torch.randn(256, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert multiscale_error(noise).mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_multiscale_loss_adds_its_weight_times_the_multiscale_error_to_the_plain_loss():
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    clean = torch.rand(4, 3, 8, 8) * 2 - 1
+
+    class Zeros(torch.nn.Module):
+        def forward(self, noisy, timesteps):
+            return type("Out", (), {"sample": torch.zeros_like(noisy)})
+
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    expected = float((noise ** 2).mean()) + 0.5 * float(np.mean([
+        np.mean([k * k * (block_means(n, k) ** 2).mean() for k in (2, 4, 8)]) for n in noise.double().numpy()]))
+    loss = diffusion_loss(Zeros(), scheduler, clean, torch.Generator().manual_seed(3), multiscale_weight=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_hflip_draws_what_the_flip_only_augmentation_always_drew():
