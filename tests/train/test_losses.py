@@ -11,6 +11,13 @@ from diffusers import DDPMScheduler
 from ddpm_lesion.train.losses import Augmentation, augment, diffusion_loss, min_snr_weights, multiscale_error
 
 
+class Zeros(torch.nn.Module):
+    """A network that predicts zeros: its error is the whole target."""
+
+    def forward(self, noisy, timesteps):
+        return type("Out", (), {"sample": torch.zeros_like(noisy)})
+
+
 def hand_snr(t: int) -> float:
     """SNR(t) of diffusers' default linear schedule (betas 1e-4 .. 0.02 over 1000 steps), from numpy."""
     alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[t]
@@ -34,11 +41,6 @@ def test_snr_weighted_loss_is_the_weighted_mean_of_per_image_errors():
     mean_i(w_i * mean(target_i²)) with the noise and timesteps the generator gives."""
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     clean = torch.rand(4, 3, 8, 8) * 2 - 1
-
-    class Zeros(torch.nn.Module):
-        def forward(self, noisy, timesteps):
-            return type("Out", (), {"sample": torch.zeros_like(noisy)})
-
     generator = torch.Generator().manual_seed(11)
     noise = torch.randn(clean.shape, generator=generator)
     t = torch.randint(0, 1000, (4,), generator=generator)
@@ -57,10 +59,14 @@ def block_means(image: np.ndarray, k: int) -> np.ndarray:
                      for ch in range(c)])
 
 
+def hand_multiscale(error: torch.Tensor) -> list[float]:
+    """Per 8x8 image: the mean over k = 2, 4, 8 of k² x the mean square of its k x k block means."""
+    return [np.mean([k * k * (block_means(e, k) ** 2).mean() for k in (2, 4, 8)]) for e in error.double().numpy()]
+
+
 def test_multiscale_error_matches_block_means_written_out():
     error = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    expected = [np.mean([k * k * (block_means(e, k) ** 2).mean() for k in (2, 4, 8)]) for e in error.double().numpy()]
-    assert multiscale_error(error).tolist() == pytest.approx(expected, rel=1e-5)
+    assert multiscale_error(error).tolist() == pytest.approx(hand_multiscale(error), rel=1e-5)
 
 
 def test_multiscale_error_weighs_a_colour_cast_by_the_pixel_count_and_white_noise_like_the_plain_loss():
@@ -75,14 +81,8 @@ def test_multiscale_error_weighs_a_colour_cast_by_the_pixel_count_and_white_nois
 def test_multiscale_loss_adds_its_weight_times_the_multiscale_error_to_the_plain_loss():
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     clean = torch.rand(4, 3, 8, 8) * 2 - 1
-
-    class Zeros(torch.nn.Module):
-        def forward(self, noisy, timesteps):
-            return type("Out", (), {"sample": torch.zeros_like(noisy)})
-
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
-    expected = float((noise ** 2).mean()) + 0.5 * float(np.mean([
-        np.mean([k * k * (block_means(n, k) ** 2).mean() for k in (2, 4, 8)]) for n in noise.double().numpy()]))
+    expected = float((noise ** 2).mean()) + 0.5 * float(np.mean(hand_multiscale(noise)))
     loss = diffusion_loss(Zeros(), scheduler, clean, torch.Generator().manual_seed(3), multiscale_weight=0.5)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
