@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.models.resnet import ResnetBlock2D
 
 from ddpm_lesion.core import run_files
 from ddpm_lesion.core.errors import UserError
@@ -84,6 +85,17 @@ def check_resolution(unet: UNet2DModel, resolution: int) -> None:
             f"--resolution {resolution} does not fit this UNet: its {len(unet.config.block_out_channels)} "
             f"resolution levels need a multiple of {factor}. Use --resolution {lower} or {lower + factor}."
         )
+
+
+def set_dropout(unet: UNet2DModel, probability: float) -> None:
+    """Dropout in every residual block, as `UNet2DModel(dropout=...)` builds it; set on a loaded
+    model because the pretrained checkpoints were saved without it (Ho et al. trained CIFAR-10
+    with 0.1: a few hundred images are memorised sooner than 50,000). Recorded in the config, so
+    the published model says how it was trained; `eval()` turns it off for sampling."""
+    for module in unet.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.dropout.p = probability
+    unet.register_to_config(dropout=probability)
 
 
 def read_best(run_dir: Path) -> dict | None:

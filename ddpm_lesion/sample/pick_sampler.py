@@ -90,7 +90,7 @@ class PickSamplerConfig:
     candidates: list[str] = option(
         [f"{name}:{steps}" for steps in (10, 15, 20) for name in
          ("dpmsolver++", "unipc", "sde-dpmsolver++", "dpmsolver++-trailing", "unipc-trailing",
-          "sde-dpmsolver++-trailing", "unipc-linspace", "ddim-eta0.5", "ddim-eta1")]
+          "sde-dpmsolver++-trailing", "unipc-linspace", "ddim-eta0.5", "ddim-eta0.7", "ddim-eta1")]
         + ["ddpm:25", "sde-dpmsolver++:25", "sde-dpmsolver++-trailing:25", "ddpm:30", "sde-dpmsolver++:30",
            "sde-dpmsolver++-trailing:30", "ddpm:40", "sde-dpmsolver++:40"],
         "Settings to try, cheapest (fewest steps) first; repeat the flag for several, e.g. --candidates ddim:16 "

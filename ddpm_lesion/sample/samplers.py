@@ -58,6 +58,7 @@ class SchedulerName(str, enum.Enum):
     DPMSOLVER_PP_LINSPACE = "dpmsolver++-linspace"
     UNIPC_LINSPACE = "unipc-linspace"
     DDIM_ETA_HALF = "ddim-eta0.5"
+    DDIM_ETA_07 = "ddim-eta0.7"
     DDIM_ETA_ONE = "ddim-eta1"
 
 
@@ -102,6 +103,7 @@ _SCHEDULERS: dict[SchedulerName, tuple[type[SchedulerMixin], dict[str, Any]]] = 
     SchedulerName.DPMSOLVER_PP_LINSPACE: (DPMSolverMultistepScheduler, {**_DPM_PP, **_LINSPACE}),
     SchedulerName.UNIPC_LINSPACE: (UniPCMultistepScheduler, _LINSPACE),
     SchedulerName.DDIM_ETA_HALF: (_stochastic_ddim(0.5), {}),
+    SchedulerName.DDIM_ETA_07: (_stochastic_ddim(0.7), {}),
     SchedulerName.DDIM_ETA_ONE: (_stochastic_ddim(1.0), {}),
 }
 

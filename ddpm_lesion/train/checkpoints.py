@@ -50,11 +50,12 @@ class TrainerState:
 
 
 def export_unet(unet: UNet2DModel, ema: EMAModel | None) -> UNet2DModel:
-    """A plain-layout copy of the weights to publish: the EMA weights when EMA is on."""
+    """A plain-layout copy of the weights to publish and to sample from: the EMA weights when
+    EMA is on, in eval mode (the training copy's dropout would make every sample noisier)."""
     exported = copy.deepcopy(unet).to("cpu", memory_format=torch.contiguous_format)
     if ema is not None:
         ema.copy_to(exported.parameters())
-    return exported.float()
+    return exported.float().eval()
 
 
 def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, folder: Path, class_names: list[str] | None = None) -> None:

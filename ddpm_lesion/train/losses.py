@@ -29,19 +29,28 @@ class Augmentation(str, enum.Enum):
 
 def diffusion_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor,
                    generator: torch.Generator, class_labels: torch.Tensor | None = None,
-                   snr_gamma: float | None = None, multiscale_weight: float = 0.0) -> torch.Tensor:
+                   snr_gamma: float | None = None, multiscale_weight: float = 0.0,
+                   input_perturbation: float = 0.0) -> torch.Tensor:
     """Mean-squared denoising error for a batch of images in [-1, 1].
 
     `class_labels` (with the null label where dropped) conditions a class-conditional
     UNet; unconditional UNets are called without it. `snr_gamma` weights each image's error
     by `min_snr_weights` instead of equally; `multiscale_weight` adds `multiscale_error`.
+    `input_perturbation` noises the input with `noise + input_perturbation * extra` while the
+    target stays `noise` (Ning et al. 2023, diffusers' `--input_perturbation`): at sampling time
+    the network sees its own slightly wrong images, and training on perturbed inputs narrows
+    that gap (exposure bias). Its draw comes last, so 0 leaves every other draw as before.
     All randomness comes from `generator` (a CPU generator, so the draws are the same
     on every device type) which makes a step a pure function of its inputs.
     """
     batch = clean.shape[0]
     noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean.device, clean.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(clean.device)
-    noisy = scheduler.add_noise(clean, noise, timesteps)
+    input_noise = noise
+    if input_perturbation:
+        extra = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean.device, clean.dtype)
+        input_noise = noise + input_perturbation * extra
+    noisy = scheduler.add_noise(clean, input_noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = noise

@@ -88,7 +88,7 @@ def test_schedulers_keep_the_models_noise_schedule(name, cls):
     assert {s.value for s in SchedulerName} == {"ddpm", "ddim", "dpmsolver++", "sde-dpmsolver++", "unipc",
                                                 "ddim-trailing", "dpmsolver++-trailing", "sde-dpmsolver++-trailing",
                                                 "unipc-trailing", "dpmsolver++-linspace", "unipc-linspace",
-                                                "ddim-eta0.5", "ddim-eta1"}
+                                                "ddim-eta0.5", "ddim-eta0.7", "ddim-eta1"}
 
 
 @pytest.mark.parametrize("name,first", [("dpmsolver++", 940), ("dpmsolver++-trailing", 999),
@@ -112,7 +112,7 @@ def test_ddim_eta_variants_renoise_from_the_images_generators():
         return denoise(net, make_scheduler(name, base), noise, image_generators(seed, range(2)), 10)
 
     plain = run("ddim")
-    for name in ("ddim-eta0.5", "ddim-eta1"):
+    for name in ("ddim-eta0.5", "ddim-eta0.7", "ddim-eta1"):
         once, again, other = run(name), run(name), run(name, seed=6)
         assert torch.equal(once, again) and not torch.equal(once, plain) and not torch.equal(once, other)
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from ddpm_lesion.core.config import parse_config
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.options import MixedPrecision
+from ddpm_lesion.model.pretrained import set_dropout
 from ddpm_lesion.train import batching, checkpoints
 from ddpm_lesion.train import loop as training
 from ddpm_lesion.train.loop import TrainConfig, train
@@ -384,17 +385,57 @@ def test_sample_grids_and_checkpoint_kid_use_the_generation_sampler(tmp_path, mo
     assert len(used) >= 2 and set(used) == {expected}  # one KID, one grid at least
 
 
-def test_dihedral_min_snr_and_multiscale_loss_run_and_are_guarded_on_resume(tmp_path):
-    run = train(make_cfg(tmp_path, "--augmentation", "dihedral", "--snr_gamma", "5", "--multiscale_loss_weight", "1"))
-    assert (run / "model_index.json").is_file()
+def test_loss_and_regularisation_options_run_and_are_guarded_on_resume(tmp_path, monkeypatch):
+    modes = []
+
+    def recording(unet, *args):
+        modes.append(unet.training)  # dropout acts only in training mode
+        return diffusion_loss(unet, *args)
+
+    monkeypatch.setattr(training, "diffusion_loss", recording)
+    run = train(make_cfg(tmp_path, "--augmentation", "dihedral", "--snr_gamma", "5", "--multiscale_loss_weight", "1",
+                         "--dropout", "0.3", "--input_perturbation", "0.1"))
+    assert (run / "model_index.json").is_file() and modes and all(modes)
     saved = yaml.safe_load((run / "train_config.yaml").read_text())
-    assert (saved["augmentation"], saved["snr_gamma"], saved["multiscale_loss_weight"]) == ("dihedral", 5.0, 1.0)
-    with pytest.raises(UserError, match="augmentation: 'dihedral' -> 'hflip'.*multiscale_loss_weight: 1.0 -> 0.0"):
+    assert (saved["augmentation"], saved["snr_gamma"], saved["multiscale_loss_weight"], saved["dropout"],
+            saved["input_perturbation"]) == ("dihedral", 5.0, 1.0, 0.3, 0.1)
+    assert UNet2DModel.from_pretrained(run / "unet").config.dropout == 0.3  # the published model says so
+    with pytest.raises(UserError, match="augmentation: 'dihedral' -> 'hflip'.*dropout: 0.3 -> 0.0.*"
+                                        "input_perturbation: 0.1 -> 0.0.*multiscale_loss_weight: 1.0 -> 0.0"):
         train(make_cfg(tmp_path, "--resume_from_checkpoint", "latest", steps=6))
     with pytest.raises(UserError, match="--snr_gamma must be positive"):
         train(make_cfg(tmp_path, "--snr_gamma", "0", "--output_dir", str(tmp_path / "other")))
     with pytest.raises(UserError, match="--multiscale_loss_weight must be 0"):
         train(make_cfg(tmp_path, "--multiscale_loss_weight", "-1", "--output_dir", str(tmp_path / "other")))
+    with pytest.raises(UserError, match="--dropout is a probability"):
+        train(make_cfg(tmp_path, "--dropout", "1", "--output_dir", str(tmp_path / "other")))
+    with pytest.raises(UserError, match="--input_perturbation must be 0"):
+        train(make_cfg(tmp_path, "--input_perturbation", "-0.1", "--output_dir", str(tmp_path / "other")))
+
+
+def dropout_probabilities(unet: UNet2DModel) -> list[tuple[str, float]]:
+    return [(name, module.p) for name, module in unet.named_modules() if isinstance(module, torch.nn.Dropout)]
+
+
+def test_set_dropout_matches_a_unet_built_with_that_dropout():
+    unet = tiny_unet()
+    set_dropout(unet, 0.3)
+    arguments = {key: value for key, value in unet.config.items() if not key.startswith("_")}
+    built = UNet2DModel(**arguments | {"dropout": 0.3})  # diffusers' own placement
+    assert dropout_probabilities(unet) == dropout_probabilities(built)
+    assert 0.3 in dict(dropout_probabilities(unet)).values() and unet.config.dropout == 0.3
+
+
+def test_exported_weights_sample_without_dropout():
+    """Checkpoint KID and sample grids run on `export_unet`'s copy of the training model: a
+    copy left in training mode would drop activations at every sampling step."""
+    unet = tiny_unet()
+    set_dropout(unet, 0.5)
+    exported = checkpoints.export_unet(unet.train(), None)
+    sample, timestep = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    with torch.no_grad():
+        assert torch.equal(exported(sample, timestep).sample, exported(sample, timestep).sample)
+    assert unet.training and not exported.training
 
 
 @pytest.mark.parametrize(("random_flip", "refused"), [(True, False), (False, True)])

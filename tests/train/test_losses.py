@@ -87,6 +87,29 @@ def test_multiscale_loss_adds_its_weight_times_the_multiscale_error_to_the_plain
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+class Identity(torch.nn.Module):
+    """A network that predicts its own input: its error shows exactly what it was shown."""
+
+    def forward(self, noisy, timesteps):
+        return type("Out", (), {"sample": noisy})
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1])
+def test_input_perturbation_noises_the_input_but_not_the_target(gamma):
+    """Error of a network that echoes its input, written out with numpy and the schedule's
+    own ᾱ_t: sqrt(ᾱ_t)·x0 + sqrt(1 - ᾱ_t)·(ε + γ·ξ) - ε, ξ drawn after ε and t."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    clean = torch.rand(3, 3, 8, 8) * 2 - 1
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(clean.shape, generator=generator).numpy().astype(np.float64)
+    t = torch.randint(0, 1000, (3,), generator=generator).numpy()
+    extra = torch.randn(clean.shape, generator=generator).numpy().astype(np.float64) if gamma else 0.0
+    alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[t][:, None, None, None]
+    echoed = np.sqrt(alpha_bar) * clean.numpy() + np.sqrt(1 - alpha_bar) * (noise + gamma * extra)
+    loss = diffusion_loss(Identity(), scheduler, clean, torch.Generator().manual_seed(5), input_perturbation=gamma)
+    assert loss.item() == pytest.approx(float(((echoed - noise) ** 2).mean()), rel=1e-4)
+
+
 def test_hflip_draws_what_the_flip_only_augmentation_always_drew():
     """Runs started before `--augmentation` existed must resume bit-exactly."""
     images = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
