@@ -23,7 +23,7 @@ from ddpm_lesion.train import batching, checkpoints
 from ddpm_lesion.train import loop as training
 from ddpm_lesion.train.loop import TrainConfig, train
 from ddpm_lesion.train.losses import diffusion_loss
-from tests.helpers import save_tiny_pipeline, tiny_unet, write_images
+from tests.helpers import REPO, save_tiny_pipeline, tiny_unet, write_images
 
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 
@@ -411,6 +411,19 @@ def test_loss_and_regularisation_options_run_and_are_guarded_on_resume(tmp_path,
         train(make_cfg(tmp_path, "--dropout", "1", "--output_dir", str(tmp_path / "other")))
     with pytest.raises(UserError, match="--input_perturbation must be 0"):
         train(make_cfg(tmp_path, "--input_perturbation", "-0.1", "--output_dir", str(tmp_path / "other")))
+
+
+def test_small_data_recipe_config_trains_from_the_repository_root(tmp_path, monkeypatch):
+    """configs/small-data.yaml as the README runs it, for two steps: every key is a training
+    option, and the bundled starting model it names (relative to the root) loads."""
+    monkeypatch.chdir(REPO)
+    write_images(tmp_path / "images", 6, size=32)
+    cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs" / "small-data.yaml"),
+                                     "--train_data_dir", str(tmp_path / "images"), "--resolution", "32",
+                                     "--output_dir", str(tmp_path / "run"), "--max_train_steps", "2",
+                                     "--checkpointing_steps", "2", "--cache_dir", str(tmp_path / "cache")])
+    assert (cfg.augmentation, cfg.input_perturbation, cfg.use_ema) == ("dihedral", 0.2, True)
+    assert (train(cfg) / "model_index.json").is_file()
 
 
 def dropout_probabilities(unet: UNet2DModel) -> list[tuple[str, float]]:
