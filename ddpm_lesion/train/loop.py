@@ -193,11 +193,9 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}.")
     if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
         raise UserError(f"--snr_gamma must be positive (5 is the usual choice), got {cfg.snr_gamma}.")
-    if cfg.multiscale_loss_weight < 0:
-        raise UserError(f"--multiscale_loss_weight must be 0 (off) or positive, got {cfg.multiscale_loss_weight}.")
-    if cfg.input_perturbation < 0:
-        raise UserError(f"--input_perturbation must be 0 (off) or positive (0.1 is the usual choice), got "
-                        f"{cfg.input_perturbation}.")
+    for name in ("multiscale_loss_weight", "input_perturbation"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must be 0 (off) or positive, got {getattr(cfg, name)}.")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"--dropout is a probability from 0 (off) to below 1, got {cfg.dropout}.")
     for expr in cfg.label_filter:
