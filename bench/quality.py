@@ -14,8 +14,9 @@ defaults (the sampler its training run chose, `sampler.json`). Screen an ingredi
 `NAME=FLAGS`, flags added to the origin's (or with `--base small-data` to the recipe's), e.g.
 `dihedral="--augmentation dihedral"`.
 A row per recipe: KID x1e3 [2.5-97.5%] in EfficientNet-Lite0 features, precision, recall,
-coverage (k = 5), training images copied, off-colour fraction (mean colour with blue or green
-above red), minutes of `train_ddpm.py` (for the recipe including its checkpoint KIDs and its
+coverage (k = 5), training images copied (among the images written; the recipe is sampled
+with sample_ddpm.py's default copy check, so its row also counts the near copies that check
+replaced), off-colour fraction (mean colour with blue or green above red), minutes of `train_ddpm.py` (for the recipe including its checkpoint KIDs and its
 sampler choice, also shown alone) and sampling images/s; the recipe is also sampled with
 DDPM-50 on the same weights, for the speed-up of its chosen sampler at equal quality; plus the floor (the training patches
 themselves scored as if generated). Rerunning resumes: finished stages are read back.
@@ -27,6 +28,7 @@ themselves scored as if generated). Rerunning resumes: finished stages are read 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -51,7 +53,9 @@ RESOLUTION = 32
 ORIGIN = ["--pretrained_model_name_or_path", str(REPO / "demo" / "pretrained" / "ddpm-lesion-tiny-32"),
           "--train_batch_size", "16", "--max_train_steps", "1500", "--learning_rate", "1e-4", "--lr_warmup_steps", "20",
           "--use_ema", "--checkpointing_steps", "500", "--save_images_steps", "1500", "--seed", "0"]
-ORIGIN_SAMPLER = ["--scheduler", "ddpm", "--num_inference_steps", "50"]
+# The origin's sampler, which wrote every image as sampled: without sample_ddpm.py's default
+# copy check, so these rows' copies are the model's own (the recipe's rows are checked).
+ORIGIN_SAMPLER = ["--scheduler", "ddpm", "--num_inference_steps", "50", "--no_reject_copies"]
 # name -> (train_ddpm.py flags, sample_ddpm.py flags, validate): only the recipe trains with
 # --validation_data_dir, which also picks its sampler; the origin and the screens do not, so
 # their training minutes are the fine-tune's alone.
@@ -165,10 +169,18 @@ def run_recipe(spec: str, folders: dict[str, Path], args: argparse.Namespace) ->
                      "sampler": f"{config['scheduler']}:{config['num_inference_steps']}",
                      "train_minutes": train_seconds / 60, "images_per_second": args.num_images / sample_seconds,
                      "sampler_choice_minutes": None if choice is None else choice["seconds"] / 60,
-                     **score(folders, samples / "individual")})
+                     "rejected": replaced_slots(samples / "rejected.csv"), **score(folders, samples / "individual")})
         print(json.dumps(rows[-1]), flush=True)
     write_text_atomic(work / "rows.json", json.dumps(rows, indent=2))
     return rows
+
+
+def replaced_slots(rejected_csv: Path) -> int | None:
+    """How many images sample_ddpm.py replaced as near copies of training images (None: not checked)."""
+    if not rejected_csv.is_file():
+        return None
+    with open(rejected_csv, newline="") as handle:
+        return len({row["index"] for row in csv.DictReader(handle)})
 
 
 def table(rows: list[dict]) -> str:
@@ -177,12 +189,14 @@ def table(rows: list[dict]) -> str:
         body.append([r["recipe"], r.get("sampler", "—"),
                      f"{1e3 * r['kid']:.1f} [{1e3 * r['kid_low']:.1f}, {1e3 * r['kid_high']:.1f}]",
                      f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['coverage']:.2f}",
-                     "—" if r["copies"] is None else f"{r['copies']}/{r['n']}", f"{100 * r['off_colour']:.1f}%",
+                     "—" if r["copies"] is None else f"{r['copies']}/{r['n']}",
+                     "—" if r.get("rejected") is None else str(r["rejected"]), f"{100 * r['off_colour']:.1f}%",
                      "—" if "train_minutes" not in r else f"{r['train_minutes']:.1f}",
                      "—" if r.get("sampler_choice_minutes") is None else f"{r['sampler_choice_minutes']:.1f}",
                      "—" if "images_per_second" not in r else f"{r['images_per_second']:.1f}"])
     return markdown_table(["recipe", "sampler", "KID ×1e3 [2.5–97.5%]", "precision", "recall", "coverage", "copies",
-                           "off-colour", "train min", "of which sampler choice", "sample img/s"], body)
+                           "replaced as copies while sampling", "off-colour", "train min", "of which sampler choice",
+                           "sample img/s"], body)
 
 
 def main() -> None:

@@ -125,7 +125,7 @@ _SET_FOR_TRAINING = {"train_data_dir", "labels_csv", "label_filter", "id_column"
                      "dataset_config_name", "image_column", "class_column", "output_dir", "resume_from_checkpoint",
                      "overwrite_output_dir", "dry_run"}
 _SET_FOR_SAMPLING = {"model_dir", "checkpoint", "output_dir", "num_images", "class_label", "prefix", "shard",
-                     "overwrite", "reject_copies", "train_csv", "label_filter", "id_column"}
+                     "overwrite", "reject_copies", "no_reject_copies", "train_csv", "label_filter", "id_column"}
 # What a resumed balance run may change (`ddpm_lesion.core.resume_guard`): how often to save or log, not
 # what is made.
 MAY_CHANGE_ON_RESUME = {"dry_run", "overwrite", "cache_dir", "report_to", "tracker_project_name", "logging_dir",
@@ -237,7 +237,7 @@ def _copy_check(cfg: AnyBalanceConfig, layout: BalanceLayout, plan_class: ClassP
     class-conditional or per-class model most plausibly copies when asked for that class;
     checking every class would cost an index of the whole training set per class)."""
     if cfg.no_reject_copies:
-        return {}
+        return {"no_reject_copies": True}
     return {"reject_copies": cfg.train_data_dir, "train_csv": layout.train_rows, "id_column": ROWS_ID,
             "label_filter": [f"{ROWS_CLASS}={plan_class.name}"]}
 

@@ -1,6 +1,7 @@
-"""Copy rejection at generation time (`sample_ddpm.py --reject_copies TRAIN_DIR`): a
-generated image that is a near copy of a training image is never written; its slot takes
-the next image of a reserved, deterministic index range instead.
+"""Copy rejection at generation time (`sample_ddpm.py --reject_copies TRAIN_DIR`, and by
+default for a training run that records its image folder): a generated image that is a near
+copy of a training image is never written; its slot takes the next image of a reserved,
+deterministic index range instead.
 
 Which image fills a slot must not depend on how the run was split or resumed, so the unit
 is the canonical block of `batch_size` indices that sharding and resuming already work in:
@@ -20,9 +21,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ddpm_lesion.core import run_files, wandb_review
+from ddpm_lesion.core.config import load_yaml
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import write_csv_atomic
 from ddpm_lesion.data.evaluation_sets import load_image_set
@@ -32,6 +36,8 @@ from ddpm_lesion.evaluate.copy_detection import CopyIndex, Nearest, build_index,
 RESERVE_START = 1 << 40
 MAX_ROUNDS = 8
 REJECTED_FIELDS = ("index", "candidate_index", "nearest_train_file", "distance", "threshold")
+# The sampler options that name the training images to check against.
+REFERENCE_OPTIONS = ("reject_copies", "train_csv", "label_filter", "id_column")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,40 @@ def load_reference(train_dir: Path, resolution: int, csv_path: Path | None, filt
     the generated resolution and index them."""
     images = load_image_set("reject_copies", train_dir, resolution, csv_path, filters, id_column)
     return Reference(build_index(images.pixels), images.names, threshold)
+
+
+def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
+    """The `REFERENCE_OPTIONS` to check against when `--reject_copies` is not given, and a log
+    line saying which (None: no check, and why).
+
+    Why on by default: fine-tuned on a few hundred images, a model does reproduce some of
+    them (on ph2-dev 2-3 in 500 samples at every recipe measured, BENCHMARKS.md), and a user
+    who builds a training set from the samples should not have to know to ask. The images
+    are the ones the run was trained on, as its `train_config.yaml` recorded them (folder,
+    labels CSV, filters). An output folder that recorded its own choice keeps it, so a
+    resumed run checks what its first part checked. A model that is no training run of this
+    tool, or whose images are not on this machine, is sampled unchecked, said in the log.
+    """
+    if recorded is not None and "reject_copies" in recorded:
+        options = {name: recorded.get(name) for name in REFERENCE_OPTIONS}
+        if options["reject_copies"] is None:
+            return None, "copies not checked (as recorded in the folder)"
+        return options, f"copies of the training images in {options['reject_copies']} rejected (as recorded in the folder)"
+    how = "give --reject_copies TRAIN_DIR to check them"
+    run = wandb_review.training_run_of(source)
+    if run is None:
+        return None, f"copies not checked: {source} is no training run folder, so its training images are unknown; {how}"
+    trained = load_yaml(run / run_files.TRAIN_CONFIG)
+    folder = trained.get("train_data_dir")
+    if not folder:
+        return None, f"copies not checked: {run} was trained from --dataset_name; {how}"
+    if not Path(folder).is_dir():
+        return None, (f"warning: copies not checked: the training images of {run} ({folder}) are not on this "
+                      f"machine; {how}")
+    options = {"reject_copies": Path(folder), "train_csv": Path(trained["labels_csv"]) if trained.get("labels_csv")
+               else None, "label_filter": list(trained.get("label_filter") or []), "id_column": trained.get("id_column")}
+    return options, (f"copies of the training images in {folder} rejected (auto: from {run / run_files.TRAIN_CONFIG}; "
+                     "--no_reject_copies to keep them)")
 
 
 @dataclass

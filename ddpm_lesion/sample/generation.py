@@ -44,7 +44,15 @@ from ddpm_lesion.core.options import MixedPrecision, ReportTo
 from ddpm_lesion.model.conditioning import class_index, load_class_names, null_label
 from ddpm_lesion.model.pretrained import load_pipeline, model_sha256
 from ddpm_lesion.sample.autotune import auto_batch_size, bf16_is_fast
-from ddpm_lesion.sample.copy_rejection import Reference, Slot, fill_block, load_reference, png_fields, reserve_block
+from ddpm_lesion.sample.copy_rejection import (
+    Reference,
+    Slot,
+    default_reference,
+    fill_block,
+    load_reference,
+    png_fields,
+    reserve_block,
+)
 from ddpm_lesion.sample.output_folder import OutputLayout, finalize, prepare_output, recorded_config, remove_leftovers
 from ddpm_lesion.sample.provenance import image_settings, png_text
 from ddpm_lesion.sample.sample_config import MAY_CHANGE_ON_RESUME, CompileMode, SampleConfig, validate
@@ -106,9 +114,8 @@ def generate(cfg: SampleConfig) -> SampleSummary:
     unet = pipeline.unet.to(state.device, memory_format=torch.channels_last)
     layout = OutputLayout(cfg.output_dir, cfg.prefix)
     guided = class_idx is not None and cfg.guidance_scale != 1.0
-    cfg, auto_notes = run_on_main_process(
-        state, lambda: resolve_auto(cfg, None if cfg.overwrite else recorded_config(layout), unet, shape,
-                                    state.device, guided, own_sampler))
+    cfg, auto_notes = run_on_main_process(state, lambda: _resolve(cfg, layout, source, unet, shape, state.device,
+                                                                  guided, own_sampler))
     scheduler = make_scheduler(cfg.scheduler, pipeline.scheduler.config)
     if cfg.num_inference_steps > scheduler.config.num_train_timesteps:  # every process: the same shared cfg
         raise SharedUserError(f"--num_inference_steps {cfg.num_inference_steps} exceeds the model's "
@@ -188,6 +195,28 @@ def model_sampler(source: str, sha256: str, distilled: dict[str, Any] | None) ->
         return DEFAULT_SAMPLER, (f"the default; {run_files.PICKED_SAMPLER} there was measured on other weights, rerun "
                          "ddpm-lesion pick-sampler")
     return picked, f"measured as good as DDPM-50 on this model, {run_files.PICKED_SAMPLER}"
+
+
+def _resolve(cfg: SampleConfig, layout: OutputLayout, source: str, unet: UNet2DModel, shape: tuple[int, int, int],
+             device: torch.device, guided: bool, own_sampler: tuple[dict[str, Any], str]
+             ) -> tuple[SampleConfig, list[str]]:
+    """The automatic settings (`resolve_auto`) and the images to reject copies of
+    (`resolve_copy_check`), with their log lines; the output folder's record wins."""
+    recorded = None if cfg.overwrite else recorded_config(layout)
+    cfg, notes = resolve_auto(cfg, recorded, unet, shape, device, guided, own_sampler)
+    cfg, note = resolve_copy_check(cfg, source, recorded)
+    return cfg, notes + [note]
+
+
+def resolve_copy_check(cfg: SampleConfig, source: str, recorded: dict[str, Any] | None) -> tuple[SampleConfig, str]:
+    """`cfg` with the training images to reject copies of, and a log line: `--reject_copies`
+    as given, none with `--no_reject_copies`, else `copy_rejection.default_reference`."""
+    if cfg.reject_copies is not None:
+        return cfg, f"copies of the training images in {cfg.reject_copies} rejected"
+    if cfg.no_reject_copies:
+        return cfg, "copies not checked (--no_reject_copies)"
+    options, note = default_reference(source, recorded)
+    return (cfg if options is None else dataclasses.replace(cfg, **options)), note
 
 
 def resolve_auto(cfg: SampleConfig, recorded: dict[str, Any] | None, unet: UNet2DModel, shape: tuple[int, int, int],

@@ -73,8 +73,12 @@ class SampleConfig:
                                     "files) and starts over.")
     reject_copies: Path | None = option(None, "Check every image against the training images in this folder before "
                                               "it is written: a near copy is not written, and its slot takes the "
-                                              "next image of a reserved index range (recorded in rejected.csv).",
+                                              "next image of a reserved index range (recorded in rejected.csv). "
+                                              "Default: the images a training run of --model_dir records in its "
+                                              "train_config.yaml, when they are on this machine.",
                                         metavar="TRAIN_DIR")
+    no_reject_copies: bool = option(False, "Write near copies of training images as sampled: no check, not even "
+                                           "the default one of a training run's own images.")
     train_csv: Path | None = option(None, "With --reject_copies: labels CSV selecting the training images (with "
                                           "--label_filter), as for training.", metavar="CSV")
     label_filter: list[str] = option([], "COLUMN=VALUE row filter for --train_csv; repeat to combine.",
@@ -94,9 +98,10 @@ class SampleConfig:
 # What may differ between runs writing into one output folder (`ddpm_lesion.core.resume_guard`):
 # which model folder or shard, how many images in all, where to report. The model itself is
 # checked through the images' own metadata (`output_folder.IDENTITY_KEYS`); every other option
-# changes an image's pixels or name, so it must match.
+# changes an image's pixels or name, so it must match (--no_reject_copies through the
+# --reject_copies it resolves to).
 MAY_CHANGE_ON_RESUME = {"model_dir", "checkpoint", "output_dir", "num_images", "max_batch_size", "shard", "overwrite",
-                        "report_to", "tracker_project_name", "log_images", "upload_images"}
+                        "report_to", "tracker_project_name", "log_images", "upload_images", "no_reject_copies"}
 
 
 def validate(cfg: SampleConfig) -> None:
@@ -115,6 +120,8 @@ def validate(cfg: SampleConfig) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.prefix):
         raise UserError(f"--prefix {cfg.prefix!r}: use letters, digits, '.', '_' or '-' (it becomes a file name).")
     parse_shard(cfg.shard)
+    if cfg.no_reject_copies and cfg.reject_copies is not None:
+        raise UserError("--no_reject_copies and --reject_copies contradict each other; give one.")
     if cfg.reject_copies is None and (cfg.train_csv is not None or cfg.label_filter):
         raise UserError("--train_csv and --label_filter select the training images of --reject_copies; give "
                         "--reject_copies TRAIN_DIR too.")

@@ -225,7 +225,8 @@ def test_training_and_sampling_options_pass_through(tmp_path):
         tmp_path, layout.train_rows, "image_id", ["class=nv"])
     kept = sampling_config(config(train_data_dir=str(tmp_path), labels_csv="x.csv", output_dir=str(tmp_path / "out"),
                                   no_reject_copies="true"), layout, nv)
-    assert (kept.reject_copies, kept.train_csv, kept.label_filter) == (None, None, [])
+    # ... and with --no_reject_copies not even the sampler's default check of the run's own images.
+    assert (kept.reject_copies, kept.no_reject_copies, kept.train_csv, kept.label_filter) == (None, True, None, [])
 
     per_class = config(train_data_dir=str(tmp_path), labels_csv="x.csv", output_dir=str(tmp_path / "out"),
                        mode="per_class")

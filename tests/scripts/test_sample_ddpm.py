@@ -14,6 +14,7 @@ import csv
 import filecmp
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from tests.helpers import save_tiny_pipeline, tiny_unet
@@ -601,3 +603,44 @@ def test_reject_copies_under_two_processes_equals_one(model, copied_train, tmp_p
     assert_same_images(one, two)
     assert (two / "rejected.csv").read_text() == (one / "rejected.csv").read_text()
     assert len((one / "rejected.csv").read_text().splitlines()) == 3  # header + the two copies
+
+
+def as_training_run(model: Path, run: Path, train_data_dir: Path) -> Path:
+    """The tiny pipeline as a training run folder whose train_config.yaml names its images."""
+    shutil.copytree(model, run)
+    (run / "train_config.yaml").write_text(f"train_data_dir: {train_data_dir}\nlabels_csv: null\nlabel_filter: []\n"
+                                           "id_column: null\nresolution: 16\n")
+    return run
+
+
+def test_a_training_runs_own_images_are_checked_by_default(reference, model, copied_train, tmp_path, capsys):
+    """Without --reject_copies, a training run's recorded images are the reference: the same
+    images as asking for them, recorded in the folder; --no_reject_copies turns it off; a run
+    whose images are not here is sampled unchecked with a warning, never silently."""
+    run = as_training_run(model, tmp_path / "run", copied_train)
+    explicit, default = tmp_path / "explicit", tmp_path / "default"
+    assert sample(run, explicit, "--num_images", "8", "--reject_copies", str(copied_train), *FAST) == 0
+    capsys.readouterr()
+    assert sample(run, default, "--num_images", "8", *FAST) == 0
+    assert f"copies of the training images in {copied_train} rejected (auto: from" in capsys.readouterr().out
+    assert_same_images(explicit, default)
+    assert (default / "rejected.csv").read_text() == (explicit / "rejected.csv").read_text()
+    assert yaml.safe_load((default / "sample_config.yaml").read_text())["reject_copies"] == str(copied_train)
+
+    unchecked = tmp_path / "unchecked"
+    assert sample(run, unchecked, "--num_images", "8", "--no_reject_copies", *FAST) == 0
+    assert "copies not checked (--no_reject_copies)" in capsys.readouterr().out
+    assert_same_images(unchecked, reference, pngs(unchecked)) and not (unchecked / "rejected.csv").exists()
+    # A folder resumed without the flag keeps what it recorded: unchecked.
+    (unchecked / "individual" / "synthetic_000001.png").unlink()
+    assert sample(run, unchecked, "--num_images", "8", *FAST) == 0
+    assert "copies not checked (as recorded in the folder)" in capsys.readouterr().out
+    assert_same_images(unchecked, reference, pngs(unchecked))
+
+    elsewhere = as_training_run(model, tmp_path / "moved", tmp_path / "not-here")
+    assert sample(elsewhere, tmp_path / "o3", "--num_images", "8", *FAST) == 0
+    assert "warning: copies not checked: the training images of" in capsys.readouterr().out
+    assert_same_images(tmp_path / "o3", reference, pngs(tmp_path / "o3"))
+    assert sample(run, tmp_path / "o4", "--num_images", "2", "--no_reject_copies", "--reject_copies",
+                  str(copied_train), *FAST) == 2
+    assert "contradict" in capsys.readouterr().err
