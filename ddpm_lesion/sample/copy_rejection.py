@@ -36,8 +36,6 @@ from ddpm_lesion.evaluate.copy_detection import CopyIndex, Nearest, build_index,
 RESERVE_START = 1 << 40
 MAX_ROUNDS = 8
 REJECTED_FIELDS = ("index", "candidate_index", "nearest_train_file", "distance", "threshold")
-# The sampler options that name the training images to check against.
-REFERENCE_OPTIONS = ("reject_copies", "train_csv", "label_filter", "id_column")
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,9 @@ def load_reference(train_dir: Path, resolution: int, csv_path: Path | None, filt
 
 
 def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
-    """The `REFERENCE_OPTIONS` to check against when `--reject_copies` is not given, and a log
-    line saying which (None: no check, and why).
+    """The options naming the training images to check against (`--reject_copies`,
+    `--train_csv`, `--label_filter`, `--id_column`) when `--reject_copies` is not given, and a
+    log line saying which (None: no check, and why).
 
     Why on by default: fine-tuned on a few hundred images, a model does reproduce some of
     them (on ph2-dev 2-3 in 500 samples at every recipe measured, BENCHMARKS.md), and a user
@@ -70,9 +69,11 @@ def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[
     tool, or whose images are not on this machine, is sampled unchecked, said in the log.
     """
     if recorded is not None and "reject_copies" in recorded:
-        options = {name: recorded.get(name) for name in REFERENCE_OPTIONS}
-        if options["reject_copies"] is None:
+        if recorded["reject_copies"] is None:
             return None, "copies not checked (as recorded in the folder)"
+        options = {"reject_copies": Path(recorded["reject_copies"]),
+                   "train_csv": Path(recorded["train_csv"]) if recorded.get("train_csv") else None,
+                   "label_filter": list(recorded.get("label_filter") or []), "id_column": recorded.get("id_column")}
         return options, f"copies of the training images in {options['reject_copies']} rejected (as recorded in the folder)"
     how = "give --reject_copies TRAIN_DIR to check them"
     run = wandb_review.training_run_of(source)

@@ -201,14 +201,14 @@ def _resolve(cfg: SampleConfig, layout: OutputLayout, source: str, unet: UNet2DM
              device: torch.device, guided: bool, own_sampler: tuple[dict[str, Any], str]
              ) -> tuple[SampleConfig, list[str]]:
     """The automatic settings (`resolve_auto`) and the images to reject copies of
-    (`resolve_copy_check`), with their log lines; the output folder's record wins."""
+    (`_resolve_copy_check`), with their log lines; the output folder's record wins."""
     recorded = None if cfg.overwrite else recorded_config(layout)
     cfg, notes = resolve_auto(cfg, recorded, unet, shape, device, guided, own_sampler)
-    cfg, note = resolve_copy_check(cfg, source, recorded)
+    cfg, note = _resolve_copy_check(cfg, source, recorded)
     return cfg, notes + [note]
 
 
-def resolve_copy_check(cfg: SampleConfig, source: str, recorded: dict[str, Any] | None) -> tuple[SampleConfig, str]:
+def _resolve_copy_check(cfg: SampleConfig, source: str, recorded: dict[str, Any] | None) -> tuple[SampleConfig, str]:
     """`cfg` with the training images to reject copies of, and a log line: `--reject_copies`
     as given, none with `--no_reject_copies`, else `copy_rejection.default_reference`."""
     if cfg.reject_copies is not None:

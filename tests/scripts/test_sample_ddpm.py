@@ -626,6 +626,11 @@ def test_a_training_runs_own_images_are_checked_by_default(reference, model, cop
     assert_same_images(explicit, default)
     assert (default / "rejected.csv").read_text() == (explicit / "rejected.csv").read_text()
     assert yaml.safe_load((default / "sample_config.yaml").read_text())["reject_copies"] == str(copied_train)
+    # Resumed after losing a replacement, the folder checks what it recorded, with the same bytes.
+    (default / "individual" / "synthetic_000006.png").unlink()
+    assert sample(run, default, "--num_images", "8", *FAST) == 0
+    assert "rejected (as recorded in the folder)" in capsys.readouterr().out
+    assert_same_images(explicit, default)
 
     unchecked = tmp_path / "unchecked"
     assert sample(run, unchecked, "--num_images", "8", "--no_reject_copies", *FAST) == 0

@@ -423,6 +423,7 @@ def test_small_data_recipe_config_trains_from_the_repository_root(tmp_path, monk
                                      "--output_dir", str(tmp_path / "run"), "--max_train_steps", "2",
                                      "--checkpointing_steps", "2", "--cache_dir", str(tmp_path / "cache")])
     assert (cfg.augmentation, cfg.input_perturbation, cfg.use_ema) == ("dihedral", 0.2, True)
+    assert cfg.pretrained_model_name_or_path == "bench/models/ddpm-lesion-tiny-32-long"  # the start it was measured from
     assert (train(cfg) / "model_index.json").is_file()
 
 
