@@ -16,10 +16,11 @@ defaults (the sampler its training run chose, `sampler.json`). Screen an ingredi
 A row per recipe: KID x1e3 [2.5-97.5%] in EfficientNet-Lite0 features, precision, recall,
 coverage (k = 5), training images copied (among the images written; the recipe is sampled
 with sample_ddpm.py's default copy check, so its row also counts the near copies that check
-replaced), off-colour fraction (mean colour with blue or green above red), minutes of `train_ddpm.py` (for the recipe including its checkpoint KIDs and its
-sampler choice, also shown alone) and sampling images/s; the recipe is also sampled with
-DDPM-50 on the same weights, for the speed-up of its chosen sampler at equal quality; plus the floor (the training patches
-themselves scored as if generated). Rerunning resumes: finished stages are read back.
+replaced), off-colour fraction (mean colour with blue or green above red), minutes of
+`train_ddpm.py` (for the recipe including its checkpoint KIDs and its sampler choice, also
+shown alone) and sampling images/s; the recipe is also sampled with DDPM-50 on the same
+weights, for the speed-up of its chosen sampler at equal quality; plus the floor (the training
+patches themselves scored as if generated). Rerunning resumes: finished stages are read back.
 
     python bench/quality.py origin small-data              # ~20 min on 2 CPU cores
     python bench/quality.py dihedral="--augmentation dihedral" snr5="--snr_gamma 5"

@@ -71,9 +71,8 @@ def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[
     if recorded is not None and "reject_copies" in recorded:
         if recorded["reject_copies"] is None:
             return None, "copies not checked (as recorded in the folder)"
-        options = {"reject_copies": Path(recorded["reject_copies"]),
-                   "train_csv": Path(recorded["train_csv"]) if recorded.get("train_csv") else None,
-                   "label_filter": list(recorded.get("label_filter") or []), "id_column": recorded.get("id_column")}
+        options = _reference_options(recorded["reject_copies"], recorded.get("train_csv"),
+                                     recorded.get("label_filter"), recorded.get("id_column"))
         return options, f"copies of the training images in {options['reject_copies']} rejected (as recorded in the folder)"
     how = "give --reject_copies TRAIN_DIR to check them"
     run = wandb_review.training_run_of(source)
@@ -86,10 +85,17 @@ def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[
     if not Path(folder).is_dir():
         return None, (f"warning: copies not checked: the training images of {run} ({folder}) are not on this "
                       f"machine; {how}")
-    options = {"reject_copies": Path(folder), "train_csv": Path(trained["labels_csv"]) if trained.get("labels_csv")
-               else None, "label_filter": list(trained.get("label_filter") or []), "id_column": trained.get("id_column")}
+    options = _reference_options(folder, trained.get("labels_csv"), trained.get("label_filter"),
+                                 trained.get("id_column"))
     return options, (f"copies of the training images in {folder} rejected (auto: from {run / run_files.TRAIN_CONFIG}; "
                      "--no_reject_copies to keep them)")
+
+
+def _reference_options(folder: str, csv_path: str | None, label_filter: list[str] | None,
+                       id_column: str | None) -> dict[str, Any]:
+    """The sampler options for a reference read from YAML (where paths are strings)."""
+    return {"reject_copies": Path(folder), "train_csv": Path(csv_path) if csv_path else None,
+            "label_filter": list(label_filter or []), "id_column": id_column}
 
 
 @dataclass
