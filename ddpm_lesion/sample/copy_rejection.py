@@ -61,8 +61,9 @@ def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[
     log line saying which (None: no check, and why).
 
     Why on by default: fine-tuned on a few hundred images, a model does reproduce some of
-    them (on ph2-dev 2-3 in 500 samples at every recipe measured, BENCHMARKS.md), and a user
-    who builds a training set from the samples should not have to know to ask. The images
+    them (on ph2-dev up to 3 in 500 samples, at least one for most recipes measured,
+    BENCHMARKS.md), and a user who builds a training set from the samples should not have to
+    know to ask. The images
     are the ones the run was trained on, as its `train_config.yaml` recorded them (folder,
     labels CSV, filters). An output folder that recorded its own choice keeps it, so a
     resumed run checks what its first part checked. A model that is no training run of this
