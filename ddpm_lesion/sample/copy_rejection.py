@@ -63,11 +63,11 @@ def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[
     Why on by default: fine-tuned on a few hundred images, a model does reproduce some of
     them (on ph2-dev up to 3 in 500 samples, at least one for most recipes measured,
     BENCHMARKS.md), and a user who builds a training set from the samples should not have to
-    know to ask. The images
-    are the ones the run was trained on, as its `train_config.yaml` recorded them (folder,
-    labels CSV, filters). An output folder that recorded its own choice keeps it, so a
-    resumed run checks what its first part checked. A model that is no training run of this
-    tool, or whose images are not on this machine, is sampled unchecked, said in the log.
+    know to ask. The images are the ones the run was trained on, as its `train_config.yaml`
+    recorded them (folder, labels CSV, filters). An output folder that recorded its own choice
+    keeps it, so a resumed run checks what its first part checked. A model that is no training
+    run of this tool, or whose images are not on this machine, is sampled unchecked, said in
+    the log.
     """
     if recorded is not None and "reject_copies" in recorded:
         if recorded["reject_copies"] is None:
