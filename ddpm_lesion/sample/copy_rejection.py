@@ -29,7 +29,7 @@ from ddpm_lesion.core import run_files, wandb_review
 from ddpm_lesion.core.config import load_yaml
 from ddpm_lesion.core.errors import UserError
 from ddpm_lesion.core.fileio import write_csv_atomic
-from ddpm_lesion.data.evaluation_sets import load_image_set
+from ddpm_lesion.data.evaluation_sets import ImageSet, load_image_set
 from ddpm_lesion.evaluate.copy_detection import CopyIndex, Nearest, build_index, nearest_copies
 
 # Reserve blocks start at this index (far past any run) and give each block this many rounds.
@@ -55,6 +55,39 @@ def load_reference(train_dir: Path, resolution: int, csv_path: Path | None, filt
     return Reference(build_index(images.pixels), images.names, threshold)
 
 
+@dataclass(frozen=True)
+class TrainingSelection:
+    """The training images a run of this tool recorded in its `train_config.yaml`: the
+    folder, labels CSV, filters and resolution it selected and read them with. Read in one
+    place so the default copy check and the nearest-training-image table of a sample run
+    always look at the same images."""
+
+    folder: Path
+    csv_path: Path | None
+    label_filter: list[str]
+    id_column: str | None
+    resolution: int
+
+    def load(self, role: str) -> ImageSet:
+        """The images themselves, at the run's resolution."""
+        return load_image_set(role, self.folder, self.resolution, self.csv_path, self.label_filter, self.id_column)
+
+
+def recorded_training_selection(source: str) -> tuple[Path | None, TrainingSelection | None]:
+    """The training run folder `source` belongs to (None: no run of this tool) and the images
+    it recorded (None: none to name, as for a run trained from `--dataset_name`)."""
+    run = wandb_review.training_run_of(source)
+    if run is None:
+        return None, None
+    trained = load_yaml(run / run_files.TRAIN_CONFIG)
+    if not trained.get("train_data_dir"):
+        return run, None
+    return run, TrainingSelection(Path(trained["train_data_dir"]),
+                                  Path(trained["labels_csv"]) if trained.get("labels_csv") else None,
+                                  list(trained.get("label_filter") or []), trained.get("id_column"),
+                                  int(trained["resolution"]))
+
+
 def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
     """The options naming the training images to check against (`--reject_copies`,
     `--train_csv`, `--label_filter`, `--id_column`) when `--reject_copies` is not given, and a
@@ -76,25 +109,22 @@ def default_reference(source: str, recorded: Mapping[str, Any] | None) -> tuple[
                                      recorded.get("label_filter"), recorded.get("id_column"))
         return options, f"copies of the training images in {options['reject_copies']} rejected (as recorded in the folder)"
     how = "give --reject_copies TRAIN_DIR to check them"
-    run = wandb_review.training_run_of(source)
+    run, selection = recorded_training_selection(source)
     if run is None:
         return None, f"copies not checked: {source} is no training run folder, so its training images are unknown; {how}"
-    trained = load_yaml(run / run_files.TRAIN_CONFIG)
-    folder = trained.get("train_data_dir")
-    if not folder:
+    if selection is None:
         return None, f"copies not checked: {run} was trained from --dataset_name; {how}"
-    if not Path(folder).is_dir():
-        return None, (f"warning: copies not checked: the training images of {run} ({folder}) are not on this "
-                      f"machine; {how}")
-    options = _reference_options(folder, trained.get("labels_csv"), trained.get("label_filter"),
-                                 trained.get("id_column"))
-    return options, (f"copies of the training images in {folder} rejected (auto: from {run / run_files.TRAIN_CONFIG}; "
-                     "--no_reject_copies to keep them)")
+    if not selection.folder.is_dir():
+        return None, (f"warning: copies not checked: the training images of {run} ({selection.folder}) are not on "
+                      f"this machine; {how}")
+    options = _reference_options(selection.folder, selection.csv_path, selection.label_filter, selection.id_column)
+    return options, (f"copies of the training images in {selection.folder} rejected (auto: from "
+                     f"{run / run_files.TRAIN_CONFIG}; --no_reject_copies to keep them)")
 
 
-def _reference_options(folder: str, csv_path: str | None, label_filter: list[str] | None,
+def _reference_options(folder: str | Path, csv_path: str | Path | None, label_filter: list[str] | None,
                        id_column: str | None) -> dict[str, Any]:
-    """The sampler options for a reference read from YAML (where paths are strings)."""
+    """The sampler options that name a reference (paths read from YAML are strings)."""
     return {"reject_copies": Path(folder), "train_csv": Path(csv_path) if csv_path else None,
             "label_filter": list(label_filter or []), "id_column": id_column}
 

@@ -14,27 +14,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ddpm_lesion.core import run_files, wandb_review
-from ddpm_lesion.core.config import load_yaml, to_plain_dict
+from ddpm_lesion.core import wandb_review
+from ddpm_lesion.core.config import to_plain_dict
 from ddpm_lesion.core.errors import UserError
-from ddpm_lesion.data.evaluation_sets import ImageSet, load_image_set
+from ddpm_lesion.data.evaluation_sets import ImageSet
 from ddpm_lesion.evaluate import review_tables
+from ddpm_lesion.sample.copy_rejection import recorded_training_selection
 from ddpm_lesion.sample.output_folder import OutputLayout
 from ddpm_lesion.sample.sample_config import SampleConfig
 
 
 def training_images(pipeline_dir: str) -> tuple[ImageSet | None, str]:
     """The images the model was fine-tuned on (from its training run folder), and a note."""
-    run = wandb_review.training_run_of(pipeline_dir)
+    run, selection = recorded_training_selection(pipeline_dir)
     if run is None:
         return None, "not a training run folder: nearest training images unknown"
-    trained = load_yaml(run / run_files.TRAIN_CONFIG)
-    if not trained.get("train_data_dir"):
+    if selection is None:
         return None, "trained from --dataset_name: nearest training images not looked up"
     try:
-        images = load_image_set("train", Path(trained["train_data_dir"]), int(trained["resolution"]),
-                                Path(trained["labels_csv"]) if trained.get("labels_csv") else None,
-                                trained.get("label_filter") or [], trained.get("id_column"))
+        images = selection.load("train")
     except UserError as err:
         return None, f"training images not readable here: {err}"
     return images, f"{len(images.paths)} training images from {images.folder}"
