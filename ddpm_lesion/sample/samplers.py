@@ -38,7 +38,9 @@ class SchedulerName(str, enum.Enum):
     Zhao et al. 2023, ~20) and in whether they inject fresh noise at every step. DDPM and
     SDE-DPM-Solver++ (the stochastic form of DPM-Solver++, Lu et al. 2022 sec. 5) do; the
     fresh noise washes out part of the network's earlier errors, which is why they beat
-    the deterministic ODE solvers on a small or briefly trained model (BENCHMARKS.md)."""
+    the deterministic ODE solvers on a small or briefly trained model, and on one trained
+    with input perturbation, whose noise prediction falls short by design: an ODE solver
+    keeps what it misses as visible noise and over-saturated colour (BENCHMARKS.md)."""
 
     DDPM = "ddpm"
     DDIM = "ddim"
