@@ -60,7 +60,7 @@ def _run_chain(tmp_path: Path):
         "--checkpointing_steps", "1", "--save_images_steps", "100", "--num_sample_images", "4",
         "--sample_inference_steps", "1", "--validation_data_dir", str(tmp_path / "heldout"),
         "--validation_features", "pixels", "--validation_num_images", "6", "--cache_dir", str(tmp_path / "cache"),
-        "--report_to", "wandb", "--log_model"]))
+        "--report_to", "wandb", "--log_model", "--no-choose_sampler"]))  # pick-sampler is run below
     balance_dir = tmp_path / "balance"
     out = balance_dir / "generated" / "mel"  # as `balance` lays out a class's generated set
     assert sample_ddpm.main(["--model_dir", str(run), "--output_dir", str(out), "--num_images", str(NUM_IMAGES),
