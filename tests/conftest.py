@@ -1,5 +1,9 @@
-"""Fixtures only; the helpers they use live in `tests/helpers.py`, a plain module tests import.
-Nothing here touches a hub: the environment is made offline before any test runs."""
+"""Fixtures and the test process's environment; the helpers they use live in `tests/helpers.py`, a plain module tests import.
+Nothing here touches a hub: the environment is made offline before any test runs.
+
+Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread:
+two workers each spinning two OpenMP threads on two cores slow each other down many times
+over, and the subprocesses tests start already run on one (`tests/launch_utils.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,11 @@ from tests.helpers import save_tiny_pipeline, write_images
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
