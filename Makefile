@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # Two pytest-xdist workers, one per core: most tests wait on a single-threaded subprocess, so
-# one worker leaves a core idle (688 s serial, 449 s on two; BENCHMARKS.md "Test suite").
+# one worker leaves a core idle (649-688 s serial, median 461 s on two; BENCHMARKS.md "Test suite").
 # --dist loadfile keeps a file on one worker, so its module fixtures (trained models) are
 # built once. `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
