@@ -1,7 +1,8 @@
-"""Fixtures and the test process's environment; the helpers they use live in `tests/helpers.py`, a plain module tests import.
-Nothing here touches a hub: the environment is made offline before any test runs.
+"""Fixtures and the test process's environment; the helpers they use live in `tests/helpers.py`,
+a plain module tests import. Nothing here touches a hub: the environment is made offline
+before any test runs.
 
-Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread:
+Under pytest-xdist (`make test` runs two workers) each worker computes on one thread:
 two workers each spinning two OpenMP threads on two cores slow each other down many times
 over, and the subprocesses tests start already run on one (`tests/launch_utils.py`)."""
 
