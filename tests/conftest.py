@@ -2,9 +2,10 @@
 a plain module tests import. Nothing here touches a hub: the environment is made offline
 before any test runs.
 
-Under pytest-xdist (`make test` runs two workers) each worker computes on one thread:
-two workers each spinning two OpenMP threads on two cores slow each other down many times
-over, and the subprocesses tests start already run on one (`tests/launch_utils.py`)."""
+Under pytest-xdist (`make test` runs two workers) each worker computes on one thread, and
+so do the subprocesses that inherit its environment (those started through
+`tests/launch_utils.py` are set to one thread there): two workers each spinning two OpenMP
+threads on two cores slow each other down many times over."""
 
 from __future__ import annotations
 
